@@ -1,0 +1,72 @@
+#include "cli_common.h"
+
+#include <charconv>
+#include <iostream>
+#include <random>
+
+#include "core/error.h"
+
+namespace llamaq::cli {
+
+void add_model_options(CLI::App& command, ModelOptions& options) {
+  command.add_option("-m,--model", options.model_dir, "Hugging Face checkpoint folder")
+      ->required();
+  command.add_option("-t,--threads", options.threads, "CPU threads (0 = all)")
+      ->check(CLI::NonNegativeNumber);
+}
+
+Engine load_engine(const ModelOptions& options) {
+  Engine engine;
+  engine.backend = make_cpu_backend(options.threads);
+  engine.loaded = load_model(options.model_dir, *engine.backend, log_line);
+  return engine;
+}
+
+std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& flag) {
+  std::vector<int32_t> ids;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const size_t end = text.find_first_of(", \t\n", pos);
+    const std::string item = text.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    pos = end == std::string::npos ? text.size() : end + 1;
+    if (item.empty()) continue;
+    int32_t id = 0;
+    const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), id);
+    if (ec != std::errc() || ptr != item.data() + item.size() || id < 0) {
+      fail("{}: \"{}\" is not a token id (expected non-negative integers separated by commas)",
+           flag, item);
+    }
+    ids.push_back(id);
+  }
+  if (ids.empty()) fail("{}: no token ids given", flag);
+  return ids;
+}
+
+void add_sampling_options(CLI::App& command, SamplingOptions& o) {
+  command.add_option("--temp,--temperature", o.temperature, "Sampling temperature (0 = greedy)");
+  command.add_option("--top-k", o.top_k, "Keep the k most likely tokens (0 = off)");
+  command.add_option("--top-p", o.top_p, "Nucleus sampling mass (1 = off)");
+  command.add_option("--min-p", o.min_p, "Drop tokens below min-p x the top probability (0 = off)");
+  command.add_option("--repeat-penalty", o.repeat_penalty, "Repetition penalty (1 = off)");
+  command.add_option("--repeat-last-n", o.repeat_last_n,
+                     "Tokens of history the penalty looks at (0 = all)");
+  command.add_option("-s,--seed", o.seed, "Random seed (default: random, printed at the end)");
+}
+
+SamplingParams resolve_sampling(const SamplingOptions& o, const GenerationConfig& g) {
+  SamplingParams p;
+  const bool sample_by_default = g.do_sample.value_or(false);
+  p.temperature = o.temperature.value_or(sample_by_default ? float(g.temperature.value_or(1.0)) : 0.0f);
+  p.top_k = o.top_k.value_or(sample_by_default ? int32_t(g.top_k.value_or(0)) : 0);
+  p.top_p = o.top_p.value_or(sample_by_default ? float(g.top_p.value_or(1.0)) : 1.0f);
+  p.min_p = o.min_p;
+  p.repetition_penalty = o.repeat_penalty.value_or(float(g.repetition_penalty.value_or(1.0)));
+  p.repeat_last_n = o.repeat_last_n;
+  p.seed = o.seed ? *o.seed : std::random_device{}();
+  validate(p);
+  return p;
+}
+
+void log_line(const std::string& line) { std::cerr << line << std::endl; }
+
+}  // namespace llamaq::cli

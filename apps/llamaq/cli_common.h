@@ -1,0 +1,49 @@
+// Pieces every llamaq subcommand shares: model/threads options, parsing token id lists,
+// logging to stderr and the end-of-run summary.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/loader.h"
+#include "runtime/sampler.h"
+
+namespace llamaq::cli {
+
+struct ModelOptions {
+  std::string model_dir;
+  int threads = 0;  // 0 = all hardware threads
+};
+
+void add_model_options(CLI::App& command, ModelOptions& options);
+
+// The backend and the loaded model, kept together so the backend outlives the model.
+struct Engine {
+  std::unique_ptr<Backend> backend;
+  LoadedModel loaded;
+};
+Engine load_engine(const ModelOptions& options);
+
+// "1,2,3" or "1 2 3" -> ids; throws llamaq::Error naming the bad item.
+std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& flag);
+
+struct SamplingOptions {
+  std::optional<float> temperature;
+  std::optional<int32_t> top_k;
+  std::optional<float> top_p;
+  float min_p = 0.0f;
+  std::optional<float> repeat_penalty;
+  int32_t repeat_last_n = 64;
+  std::optional<uint64_t> seed;
+};
+void add_sampling_options(CLI::App& command, SamplingOptions& options);
+// Flags override the checkpoint's generation_config.json; without either, greedy.
+SamplingParams resolve_sampling(const SamplingOptions& options, const GenerationConfig& defaults);
+
+void log_line(const std::string& line);  // one line to stderr
+
+}  // namespace llamaq::cli

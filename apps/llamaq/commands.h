@@ -1,0 +1,11 @@
+// Each subcommand registers its flags and its action on the root app.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace llamaq::cli {
+
+void register_logits(CLI::App& app);
+void register_generate(CLI::App& app);
+
+}  // namespace llamaq::cli

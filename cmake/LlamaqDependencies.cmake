@@ -1,0 +1,26 @@
+# Third-party libraries, all from Debian packages (scripts/setup installs them).
+find_package(Threads REQUIRED)
+find_package(nlohmann_json 3.10 REQUIRED)
+find_package(fmt 9 REQUIRED)
+find_package(CLI11 2.0 QUIET CONFIG)
+if(NOT CLI11_FOUND)
+  # Debian's libcli11-dev ships the header only; the config package is optional.
+  find_path(CLI11_INCLUDE_DIR CLI/CLI.hpp REQUIRED)
+  add_library(CLI11::CLI11 INTERFACE IMPORTED)
+  target_include_directories(CLI11::CLI11 INTERFACE ${CLI11_INCLUDE_DIR})
+endif()
+
+find_package(PkgConfig QUIET)
+find_path(PCRE2_INCLUDE_DIR pcre2.h)
+find_library(PCRE2_LIBRARY NAMES pcre2-8)
+if(PCRE2_INCLUDE_DIR AND PCRE2_LIBRARY)
+  add_library(llamaq_pcre2 INTERFACE)
+  target_include_directories(llamaq_pcre2 INTERFACE ${PCRE2_INCLUDE_DIR})
+  target_link_libraries(llamaq_pcre2 INTERFACE ${PCRE2_LIBRARY})
+  target_compile_definitions(llamaq_pcre2 INTERFACE PCRE2_CODE_UNIT_WIDTH=8)
+  set(LLAMAQ_HAVE_PCRE2 ON)
+endif()
+
+if(LLAMAQ_BUILD_TESTS AND NOT LLAMAQ_FUZZ)
+  find_package(GTest REQUIRED)
+endif()

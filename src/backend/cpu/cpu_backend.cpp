@@ -1,0 +1,61 @@
+#include <cstring>
+
+#include "backend/backend.h"
+#include "backend/cpu/cpu_ops.h"
+#include "core/error.h"
+
+namespace llamaq {
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int n_threads) : pool_(n_threads) {}
+
+  std::string_view name() const override { return "cpu"; }
+  Device device() const override { return Device::Cpu; }
+
+  Tensor alloc(DType dtype, Shape shape) override { return Tensor::zeros(dtype, std::move(shape)); }
+  Tensor upload(const Tensor& host) override { return host; }
+  void copy_from_host(Tensor& dst, const void* src) override {
+    std::memcpy(dst.data(), src, size_t(dst.nbytes()));
+  }
+  void copy_to_host(const Tensor& src, void* dst) override {
+    std::memcpy(dst, src.data(), size_t(src.nbytes()));
+  }
+
+  void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
+    cpu::embedding(pool_, table, ids, out);
+  }
+  void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override {
+    cpu::rmsnorm(pool_, x, weight, eps, out);
+  }
+  void linear(const Tensor& x, const LinearWeight& w, Tensor& out) override {
+    cpu::linear(pool_, x, w, out);
+  }
+  void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) override {
+    cpu::rope(pool_, x, positions, inv_freq);
+  }
+  void kv_store(const Tensor& k, const Tensor& v, const Tensor& positions,
+                const KvLayerView& kv) override {
+    cpu::kv_store(k, v, positions, kv);
+  }
+  void attention(const Tensor& q, const Tensor& positions, const KvLayerView& kv,
+                 Tensor& out) override {
+    cpu::attention(pool_, q, positions, kv, out);
+  }
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
+    cpu::swiglu(pool_, gate, up, out);
+  }
+  void add_inplace(Tensor& x, const Tensor& y) override { cpu::add_inplace(pool_, x, y); }
+
+ private:
+  ThreadPool pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int n_threads) {
+  return std::make_unique<CpuBackend>(n_threads);
+}
+
+}  // namespace llamaq

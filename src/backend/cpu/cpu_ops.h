@@ -1,0 +1,26 @@
+// The CPU reference ops: plain, readable fp32 code that is the specification every other
+// backend is tested against. Parallel over rows with the thread pool; no other tricks.
+#pragma once
+
+#include "backend/backend.h"
+#include "core/thread_pool.h"
+
+namespace llamaq::cpu {
+
+// Widens `n` elements of a bf16/f16/f32 row to f32.
+void load_row_f32(const Tensor& matrix, int64_t row, float* out);
+
+// Dot product of two f32 vectors with eight running sums (vectorizes without -ffast-math).
+float dot_f32(const float* a, const float* b, int64_t n);
+
+void embedding(ThreadPool& pool, const Tensor& table, const Tensor& ids, Tensor& out);
+void rmsnorm(ThreadPool& pool, const Tensor& x, const Tensor& weight, float eps, Tensor& out);
+void linear(ThreadPool& pool, const Tensor& x, const LinearWeight& w, Tensor& out);
+void rope(ThreadPool& pool, Tensor& x, const Tensor& positions, const Tensor& inv_freq);
+void kv_store(const Tensor& k, const Tensor& v, const Tensor& positions, const KvLayerView& kv);
+void attention(ThreadPool& pool, const Tensor& q, const Tensor& positions, const KvLayerView& kv,
+               Tensor& out);
+void swiglu(ThreadPool& pool, const Tensor& gate, const Tensor& up, Tensor& out);
+void add_inplace(ThreadPool& pool, Tensor& x, const Tensor& y);
+
+}  // namespace llamaq::cpu

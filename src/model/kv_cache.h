@@ -1,0 +1,55 @@
+// Paged KV cache: per layer, a pool of fixed-size blocks of keys and values; each sequence owns a
+// block table mapping its positions to blocks. Many sequences share one pool without
+// fragmentation; a single sequence is the one-request case. Storage lives on the backend.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/config.h"
+
+namespace llamaq {
+
+class KvCache {
+ public:
+  // Room for `capacity_tokens` tokens in all, in blocks of `block_size` positions.
+  KvCache(Backend& backend, const LlamaConfig& config, int64_t capacity_tokens,
+          int64_t block_size = 16);
+
+  int add_sequence();
+  void remove_sequence(int seq);
+  int64_t length(int seq) const;
+  int64_t capacity_tokens() const { return n_blocks_ * block_size_; }
+  int64_t free_tokens() const { return int64_t(free_blocks_.size()) * block_size_; }
+
+  // Makes room for `n_tokens` more positions in `seq`; throws when the cache is full.
+  void reserve(int seq, int64_t n_tokens);
+  // Marks `n_tokens` more positions of `seq` as filled (after the forward pass wrote them).
+  void advance(int seq, int64_t n_tokens);
+  // Forgets positions >= new_length, returning their blocks to the pool.
+  void truncate(int seq, int64_t new_length);
+
+  KvLayerView layer_view(int layer, int seq) const;
+
+ private:
+  struct Sequence {
+    std::vector<int32_t> blocks;
+    Tensor table;  // [max_blocks] i32 on the backend
+    int64_t length = 0;
+    bool active = false;
+  };
+  Sequence& sequence(int seq);
+  const Sequence& sequence(int seq) const;
+  void upload_table(Sequence& s);
+
+  Backend& backend_;
+  int64_t block_size_;
+  int64_t n_blocks_;
+  std::vector<Tensor> k_blocks_;  // per layer [n_blocks, block_size, n_kv_heads, head_dim] f32
+  std::vector<Tensor> v_blocks_;
+  std::vector<int32_t> free_blocks_;
+  std::vector<Sequence> sequences_;
+};
+
+}  // namespace llamaq

@@ -1,0 +1,140 @@
+#include "model/llama_model.h"
+
+#include "core/error.h"
+#include "model/rope.h"
+
+namespace llamaq {
+namespace {
+
+LinearWeight upload(Backend& backend, const LinearWeight& w) {
+  return LinearWeight{backend.upload(w.weight)};
+}
+
+LlamaWeights upload_weights(Backend& backend, const LlamaWeights& host) {
+  LlamaWeights w;
+  w.embed_tokens = backend.upload(host.embed_tokens);
+  for (const LayerWeights& h : host.layers) {
+    LayerWeights l;
+    l.input_norm = backend.upload(h.input_norm);
+    l.q_proj = upload(backend, h.q_proj);
+    l.k_proj = upload(backend, h.k_proj);
+    l.v_proj = upload(backend, h.v_proj);
+    l.o_proj = upload(backend, h.o_proj);
+    l.post_attention_norm = backend.upload(h.post_attention_norm);
+    l.gate_proj = upload(backend, h.gate_proj);
+    l.up_proj = upload(backend, h.up_proj);
+    l.down_proj = upload(backend, h.down_proj);
+    w.layers.push_back(std::move(l));
+  }
+  w.final_norm = backend.upload(host.final_norm);
+  const bool tied = host.lm_head.weight.data() == host.embed_tokens.data();
+  w.lm_head = tied ? LinearWeight{w.embed_tokens} : upload(backend, host.lm_head);
+  return w;
+}
+
+}  // namespace
+
+// Scratch activations for one forward call of n tokens.
+struct LlamaModel::Activations {
+  Activations(Backend& b, const LlamaConfig& c, int64_t n)
+      : x(b.alloc(DType::F32, {n, c.hidden_size})),
+        normed(b.alloc(DType::F32, {n, c.hidden_size})),
+        q(b.alloc(DType::F32, {n, c.num_attention_heads, c.head_dim})),
+        k(b.alloc(DType::F32, {n, c.num_key_value_heads, c.head_dim})),
+        v(b.alloc(DType::F32, {n, c.num_key_value_heads, c.head_dim})),
+        attn(b.alloc(DType::F32, {n, c.q_dim()})),
+        proj(b.alloc(DType::F32, {n, c.hidden_size})),
+        gate(b.alloc(DType::F32, {n, c.intermediate_size})),
+        up(b.alloc(DType::F32, {n, c.intermediate_size})) {}
+  Tensor x;       // [n, hidden] residual stream
+  Tensor normed;  // [n, hidden]
+  Tensor q;       // [n, H, D]
+  Tensor k;       // [n, Hkv, D]
+  Tensor v;       // [n, Hkv, D]
+  Tensor attn;    // [n, H*D]
+  Tensor proj;    // [n, hidden] output of o_proj / down_proj
+  Tensor gate;    // [n, intermediate]
+  Tensor up;      // [n, intermediate]
+};
+
+LlamaModel::LlamaModel(const LlamaConfig& config, const LlamaWeights& host_weights,
+                       Backend& backend)
+    : config_(config), backend_(backend), weights_(upload_weights(backend, host_weights)) {
+  const std::vector<float> inv_freq = rope_inv_freq(config_);
+  inv_freq_ = backend_.alloc(DType::F32, {int64_t(inv_freq.size())});
+  backend_.copy_from_host(inv_freq_, inv_freq.data());
+}
+
+void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
+                           const KvLayerView& kv) {
+  const LayerWeights& w = weights_.layers[size_t(layer)];
+  const int64_t n = act.x.dim(0);
+  const float eps = float(config_.rms_norm_eps);
+  Backend& b = backend_;
+
+  b.rmsnorm(act.x, w.input_norm, eps, act.normed);
+  Tensor q2 = act.q.reshaped({n, config_.q_dim()});
+  Tensor k2 = act.k.reshaped({n, config_.kv_dim()});
+  Tensor v2 = act.v.reshaped({n, config_.kv_dim()});
+  b.linear(act.normed, w.q_proj, q2);
+  b.linear(act.normed, w.k_proj, k2);
+  b.linear(act.normed, w.v_proj, v2);
+  b.rope(act.q, positions, inv_freq_);
+  b.rope(act.k, positions, inv_freq_);
+  b.kv_store(act.k, act.v, positions, kv);
+  b.attention(act.q, positions, kv, act.attn);
+  b.linear(act.attn, w.o_proj, act.proj);
+  b.add_inplace(act.x, act.proj);
+
+  b.rmsnorm(act.x, w.post_attention_norm, eps, act.normed);
+  b.linear(act.normed, w.gate_proj, act.gate);
+  b.linear(act.normed, w.up_proj, act.up);
+  b.swiglu(act.gate, act.up, act.gate);
+  b.linear(act.gate, w.down_proj, act.proj);
+  b.add_inplace(act.x, act.proj);
+}
+
+Tensor LlamaModel::forward(KvCache& cache, int seq, std::span<const int32_t> ids,
+                           LogitsFor which) {
+  const int64_t n = int64_t(ids.size());
+  if (n == 0) fail("forward: no tokens");
+  for (int32_t id : ids) {
+    if (id < 0 || id >= config_.vocab_size) {
+      fail("token id {} is out of range for a vocabulary of {}", id, config_.vocab_size);
+    }
+  }
+  const int64_t start = cache.length(seq);
+  cache.reserve(seq, n);
+
+  std::vector<int32_t> host_positions(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) host_positions[size_t(i)] = int32_t(start + i);
+  Tensor positions = backend_.alloc(DType::I32, {n});
+  backend_.copy_from_host(positions, host_positions.data());
+  Tensor token_ids = backend_.alloc(DType::I32, {n});
+  backend_.copy_from_host(token_ids, ids.data());
+
+  Activations act(backend_, config_, n);
+  backend_.embedding(weights_.embed_tokens, token_ids, act.x);
+  for (int layer = 0; layer < int(config_.num_hidden_layers); ++layer) {
+    run_layer(layer, act, positions, cache.layer_view(layer, seq));
+  }
+  cache.advance(seq, n);
+
+  const int64_t rows = which == LogitsFor::LastToken ? 1 : n;
+  const Tensor last = act.x.slice_rows(n - rows, rows);
+  Tensor normed = act.normed.slice_rows(0, rows);
+  backend_.rmsnorm(last, weights_.final_norm, float(config_.rms_norm_eps), normed);
+  Tensor logits = backend_.alloc(DType::F32, {rows, config_.vocab_size});
+  backend_.linear(normed, weights_.lm_head, logits);
+  return logits;
+}
+
+std::vector<float> LlamaModel::forward_to_host(KvCache& cache, int seq,
+                                               std::span<const int32_t> ids, LogitsFor which) {
+  const Tensor logits = forward(cache, seq, ids, which);
+  std::vector<float> host(size_t(logits.numel()));
+  backend_.copy_to_host(logits, host.data());
+  return host;
+}
+
+}  // namespace llamaq

@@ -1,0 +1,44 @@
+// LlamaForCausalLM forward pass (specs §4.3), written once against the backend op interface.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/config.h"
+#include "model/kv_cache.h"
+#include "model/weights.h"
+
+namespace llamaq {
+
+enum class LogitsFor { LastToken, AllTokens };
+
+class LlamaModel {
+ public:
+  // Uploads the weights to the backend (a no-op for memory-mapped weights on the CPU).
+  LlamaModel(const LlamaConfig& config, const LlamaWeights& host_weights, Backend& backend);
+
+  const LlamaConfig& config() const { return config_; }
+  Backend& backend() const { return backend_; }
+
+  // Runs the next tokens of sequence `seq` (positions cache.length(seq) onwards), appending
+  // their keys and values to the cache. Returns logits on the backend:
+  // [1, vocab] f32 for LastToken, [ids.size(), vocab] f32 for AllTokens.
+  Tensor forward(KvCache& cache, int seq, std::span<const int32_t> ids, LogitsFor which);
+
+  // forward() with the logits copied to the host, row-major [rows, vocab].
+  std::vector<float> forward_to_host(KvCache& cache, int seq, std::span<const int32_t> ids,
+                                     LogitsFor which);
+
+ private:
+  struct Activations;
+  void run_layer(int layer, Activations& act, const Tensor& positions, const KvLayerView& kv);
+
+  LlamaConfig config_;
+  Backend& backend_;
+  LlamaWeights weights_;  // on the backend
+  Tensor inv_freq_;       // [head_dim / 2] f32 on the backend
+};
+
+}  // namespace llamaq

@@ -1,0 +1,86 @@
+#include "model/weights.h"
+
+#include <set>
+
+#include "core/error.h"
+
+namespace llamaq {
+namespace {
+
+class Binder {
+ public:
+  explicit Binder(const CheckpointTensors& checkpoint) : checkpoint_(checkpoint) {}
+
+  Tensor bind(const std::string& name, const Shape& expected) {
+    const auto located = checkpoint_.find(name);
+    if (!located.entry) {
+      fail("{}: missing tensor `{}` (expected shape {})", checkpoint_.expected_file(name), name,
+           shape_to_string(expected));
+    }
+    const SafetensorsEntry& entry = *located.entry;
+    const std::string file = located.file->path().string();
+    if (entry.shape != expected) {
+      fail("{}: tensor `{}` has shape {}, expected {}", file, name, shape_to_string(entry.shape),
+           shape_to_string(expected));
+    }
+    if (entry.dtype != DType::BF16 && entry.dtype != DType::F16 && entry.dtype != DType::F32) {
+      fail("{}: tensor `{}` has dtype {}, expected BF16, F16 or F32", file, name,
+           dtype_name(entry.dtype));
+    }
+    used_.insert(name);
+    return located.file->tensor(entry);
+  }
+
+  LinearWeight linear(const std::string& name, int64_t out, int64_t in) {
+    return LinearWeight{bind(name, {out, in})};
+  }
+
+  // Every tensor must have been used, except stray rotary caches old converters wrote.
+  void check_all_used() const {
+    for (const std::string& name : checkpoint_.names()) {
+      if (used_.count(name) || name.ends_with(".rotary_emb.inv_freq")) continue;
+      const auto located = checkpoint_.find(name);
+      fail("{}: unexpected tensor `{}` (shape {}) that a Llama model does not use",
+           located.file->path().string(), name, shape_to_string(located.entry->shape));
+    }
+  }
+
+ private:
+  const CheckpointTensors& checkpoint_;
+  std::set<std::string> used_;
+};
+
+}  // namespace
+
+LlamaWeights bind_llama_weights(const LlamaConfig& c, const CheckpointTensors& checkpoint) {
+  Binder binder(checkpoint);
+  LlamaWeights w;
+  w.embed_tokens = binder.bind("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    LayerWeights layer;
+    layer.input_norm = binder.bind(p + "input_layernorm.weight", {c.hidden_size});
+    layer.q_proj = binder.linear(p + "self_attn.q_proj.weight", c.q_dim(), c.hidden_size);
+    layer.k_proj = binder.linear(p + "self_attn.k_proj.weight", c.kv_dim(), c.hidden_size);
+    layer.v_proj = binder.linear(p + "self_attn.v_proj.weight", c.kv_dim(), c.hidden_size);
+    layer.o_proj = binder.linear(p + "self_attn.o_proj.weight", c.hidden_size, c.q_dim());
+    layer.post_attention_norm = binder.bind(p + "post_attention_layernorm.weight", {c.hidden_size});
+    layer.gate_proj = binder.linear(p + "mlp.gate_proj.weight", c.intermediate_size, c.hidden_size);
+    layer.up_proj = binder.linear(p + "mlp.up_proj.weight", c.intermediate_size, c.hidden_size);
+    layer.down_proj = binder.linear(p + "mlp.down_proj.weight", c.hidden_size, c.intermediate_size);
+    w.layers.push_back(std::move(layer));
+  }
+  w.final_norm = binder.bind("model.norm.weight", {c.hidden_size});
+  if (c.tie_word_embeddings) {
+    // Tied: the head is the embedding table. A stray lm_head.weight is checked and ignored, as
+    // transformers re-ties it after loading.
+    if (checkpoint.find("lm_head.weight").entry) binder.bind("lm_head.weight", {c.vocab_size, c.hidden_size});
+    w.lm_head = LinearWeight{w.embed_tokens};
+  } else {
+    w.lm_head = binder.linear("lm_head.weight", c.vocab_size, c.hidden_size);
+  }
+  binder.check_all_used();
+  return w;
+}
+
+}  // namespace llamaq
