@@ -1,6 +1,7 @@
 // llamaq: run and fine-tune Llama 3 models. Subcommands live in cmd_*.cpp.
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <iostream>
 
 #include "commands.h"
@@ -12,6 +13,15 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "llamaq 0.1.0");
   llamaq::cli::register_logits(app);
   llamaq::cli::register_generate(app);
+  const auto commands = app.get_subcommands([](const CLI::App*) { return true; });
+  const auto is_command = [&](const char* name) {
+    return std::any_of(commands.begin(), commands.end(),
+                       [&](const CLI::App* c) { return c->get_name() == name; });
+  };
+  if (argc > 1 && argv[1][0] != '-' && !is_command(argv[1])) {
+    std::cerr << "llamaq: error: unknown command '" << argv[1] << "' (see llamaq --help)\n";
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

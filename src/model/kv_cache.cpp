@@ -6,7 +6,7 @@ namespace llamaq {
 
 KvCache::KvCache(Backend& backend, const LlamaConfig& config, int64_t capacity_tokens,
                  int64_t block_size)
-    : backend_(backend), block_size_(block_size) {
+    : backend_(backend), block_size_(block_size), capacity_tokens_(capacity_tokens) {
   if (block_size <= 0 || capacity_tokens <= 0) fail("KV cache: capacity and block size must be > 0");
   n_blocks_ = (capacity_tokens + block_size - 1) / block_size;
   const Shape shape = {n_blocks_, block_size_, config.num_key_value_heads, config.head_dim};
@@ -59,13 +59,18 @@ void KvCache::upload_table(Sequence& s) {
 
 void KvCache::reserve(int seq, int64_t n_tokens) {
   Sequence& s = sequence(seq);
+  if (s.length + n_tokens > capacity_tokens_) {
+    fail("context full: {} tokens + {} more exceed the context size of {} tokens (raise the "
+         "context size)",
+         s.length, n_tokens, capacity_tokens_);
+  }
   const int64_t needed_blocks = (s.length + n_tokens + block_size_ - 1) / block_size_;
   const int64_t missing = needed_blocks - int64_t(s.blocks.size());
   if (missing <= 0) return;
   if (missing > int64_t(free_blocks_.size())) {
     fail("KV cache full: {} more tokens need {} blocks of {}, {} free (cache holds {} tokens; "
          "raise the context size)",
-         n_tokens, missing, block_size_, free_blocks_.size(), capacity_tokens());
+         n_tokens, missing, block_size_, free_blocks_.size(), n_blocks_ * block_size_);
   }
   for (int64_t i = 0; i < missing; ++i) {
     s.blocks.push_back(free_blocks_.back());

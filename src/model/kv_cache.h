@@ -20,7 +20,8 @@ class KvCache {
   int add_sequence();
   void remove_sequence(int seq);
   int64_t length(int seq) const;
-  int64_t capacity_tokens() const { return n_blocks_ * block_size_; }
+  // The context size: no sequence grows past it (the pool holds at least this many tokens).
+  int64_t capacity_tokens() const { return capacity_tokens_; }
   int64_t free_tokens() const { return int64_t(free_blocks_.size()) * block_size_; }
 
   // Makes room for `n_tokens` more positions in `seq`; throws when the cache is full.
@@ -45,6 +46,7 @@ class KvCache {
 
   Backend& backend_;
   int64_t block_size_;
+  int64_t capacity_tokens_;
   int64_t n_blocks_;
   std::vector<Tensor> k_blocks_;  // per layer [n_blocks, block_size, n_kv_heads, head_dim] f32
   std::vector<Tensor> v_blocks_;

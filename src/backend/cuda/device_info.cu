@@ -7,7 +7,10 @@ namespace llamaq::cuda {
 namespace {
 
 void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) fail("CUDA: {} failed: {}", what, cudaGetErrorString(status));
+  // nvcc cannot evaluate fmt's compile-time format checks, so .cu files build messages directly.
+  if (status != cudaSuccess) {
+    throw Error(std::string("CUDA: ") + what + " failed: " + cudaGetErrorString(status));
+  }
 }
 
 __global__ void add_kernel(const float* a, const float* b, float* out, int n) {
@@ -31,7 +34,7 @@ std::vector<DeviceInfo> list_devices() {
 }
 
 std::vector<float> add_vectors(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size()) fail("add_vectors: sizes differ");
+  if (a.size() != b.size()) throw Error("add_vectors: sizes differ");
   const int n = int(a.size());
   const size_t bytes = a.size() * sizeof(float);
   float* device = nullptr;
