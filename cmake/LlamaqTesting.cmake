@@ -29,14 +29,14 @@ function(llamaq_add_fuzz_target name)
     target_link_libraries(${name} PRIVATE ${ARG_LIBS} llamaq_warnings)
     target_link_options(${name} PRIVATE -fsanitize=fuzzer)
     set(work "${PROJECT_BINARY_DIR}/fuzz-corpus/${name}")
-    add_test(NAME fuzz_${name}
+    add_test(NAME ${name}
       COMMAND ${CMAKE_COMMAND} -E env ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1
         $<TARGET_FILE:${name}> -max_total_time=${LLAMAQ_FUZZ_SECONDS} -rss_limit_mb=2048
         -timeout=10 -artifact_prefix=${PROJECT_BINARY_DIR}/ ${work} ${corpus})
-    set_tests_properties(fuzz_${name} PROPERTIES LABELS fuzz
+    set_tests_properties(${name} PROPERTIES LABELS fuzz
       FIXTURES_REQUIRED fuzz_dir_${name})
-    add_test(NAME fuzz_${name}_mkdir COMMAND ${CMAKE_COMMAND} -E make_directory ${work})
-    set_tests_properties(fuzz_${name}_mkdir PROPERTIES FIXTURES_SETUP fuzz_dir_${name})
+    add_test(NAME ${name}_corpus_dir COMMAND ${CMAKE_COMMAND} -E make_directory ${work})
+    set_tests_properties(${name}_corpus_dir PROPERTIES FIXTURES_SETUP fuzz_dir_${name})
   else()
     add_executable(${name} ${ARG_SOURCE} ${PROJECT_SOURCE_DIR}/tests/fuzz/replay_main.cpp)
     target_link_libraries(${name} PRIVATE ${ARG_LIBS} llamaq_warnings)

@@ -54,53 +54,64 @@ Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.se
   validate(params_);
 }
 
-std::vector<TokenProbability> Sampler::distribution(std::span<const float> logits,
-                                                    std::span<const int32_t> history) const {
+// The candidates that survive the chain with their probabilities, renormalised. Sorted most
+// likely first when `sorted` (or when top-p needed the order anyway); otherwise in id order, so
+// a plain temperature draw over a 128k vocabulary needs no sort.
+std::vector<TokenProbability> Sampler::candidates(std::span<const float> logits,
+                                                  std::span<const int32_t> history,
+                                                  bool sorted) const {
   check_finite(logits);
   const std::vector<float> scores = penalized(logits, history, params_);
   if (params_.temperature == 0.0f) return {{argmax(scores), 1.0f}};
 
+  // Unnormalised probabilities exp((s - max) / T); the top token has weight exactly 1.
+  const float max_score = scores[size_t(argmax(scores))];
   std::vector<TokenProbability> c(scores.size());
-  for (size_t i = 0; i < scores.size(); ++i) c[i] = {int32_t(i), scores[i] / params_.temperature};
-  const auto by_score = [](const TokenProbability& a, const TokenProbability& b) {
+  for (size_t i = 0; i < scores.size(); ++i) {
+    c[i] = {int32_t(i), std::exp((scores[i] - max_score) / params_.temperature)};
+  }
+  const auto more_likely = [](const TokenProbability& a, const TokenProbability& b) {
     return a.probability > b.probability || (a.probability == b.probability && a.id < b.id);
   };
-  const size_t keep_k =
-      params_.top_k > 0 ? std::min(c.size(), size_t(params_.top_k)) : c.size();
-  std::partial_sort(c.begin(), c.begin() + ptrdiff_t(keep_k), c.end(), by_score);
-  c.resize(keep_k);
-
-  // Softmax over the survivors of top-k, in double for a stable normalisation.
-  const double max_score = c.front().probability;
-  double total = 0;
-  std::vector<double> p(c.size());
-  for (size_t i = 0; i < c.size(); ++i) total += p[i] = std::exp(double(c[i].probability) - max_score);
-  size_t keep = c.size();
+  if (params_.top_k > 0 && size_t(params_.top_k) < c.size()) {
+    std::nth_element(c.begin(), c.begin() + params_.top_k, c.end(), more_likely);
+    c.resize(size_t(params_.top_k));
+  }
+  double total = 0;  // mass of the top-k survivors: what top-p measures against
+  for (const auto& t : c) total += t.probability;
+  // min-p and top-p both keep a most-likely prefix, so min-p can filter first without changing
+  // the result, as long as top-p's total is taken before it.
+  if (params_.min_p > 0.0f) {
+    std::erase_if(c, [&](const TokenProbability& t) { return t.probability < params_.min_p; });
+  }
   if (params_.top_p < 1.0f) {
-    double mass = 0;
-    for (size_t i = 0; i < c.size(); ++i) {
-      mass += p[i] / total;
-      if (mass >= params_.top_p) {
-        keep = i + 1;
+    // Sort a growing prefix until it holds the top-p mass: usually a few hundred tokens.
+    for (size_t m = std::min<size_t>(c.size(), 256);; m = std::min(c.size(), m * 4)) {
+      std::partial_sort(c.begin(), c.begin() + ptrdiff_t(m), c.end(), more_likely);
+      double mass = 0;
+      size_t keep = 0;
+      while (keep < m && mass < params_.top_p * total) mass += c[keep++].probability;
+      if (mass >= params_.top_p * total || m == c.size()) {
+        c.resize(keep);
+        sorted = false;  // already in order
         break;
       }
     }
   }
-  if (params_.min_p > 0.0f) {
-    const double floor = params_.min_p * p[0];
-    size_t i = 1;
-    while (i < keep && p[i] >= floor) ++i;
-    keep = i;
-  }
-  double kept_total = 0;
-  for (size_t i = 0; i < keep; ++i) kept_total += p[i];
-  c.resize(keep);
-  for (size_t i = 0; i < keep; ++i) c[i].probability = float(p[i] / kept_total);
+  if (sorted) std::sort(c.begin(), c.end(), more_likely);
+  double kept = 0;
+  for (const auto& t : c) kept += t.probability;
+  for (auto& t : c) t.probability = float(t.probability / kept);
   return c;
 }
 
+std::vector<TokenProbability> Sampler::distribution(std::span<const float> logits,
+                                                    std::span<const int32_t> history) const {
+  return candidates(logits, history, /*sorted=*/true);
+}
+
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {
-  const std::vector<TokenProbability> dist = distribution(logits, history);
+  const std::vector<TokenProbability> dist = candidates(logits, history, /*sorted=*/false);
   if (dist.size() == 1) return dist[0].id;
   // A uniform double in [0, 1) from 53 random bits: identical on every platform.
   const double u = double(rng_() >> 11) * 0x1.0p-53;

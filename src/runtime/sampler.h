@@ -40,6 +40,9 @@ class Sampler {
                                              std::span<const int32_t> history) const;
 
  private:
+  std::vector<TokenProbability> candidates(std::span<const float> logits,
+                                           std::span<const int32_t> history, bool sorted) const;
+
   SamplingParams params_;
   std::mt19937_64 rng_;
 };
