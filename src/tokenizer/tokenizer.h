@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/error.h"
 #include "tokenizer/chat_format.h"
 
 namespace llamaq {

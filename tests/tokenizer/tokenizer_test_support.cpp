@@ -54,8 +54,9 @@ nlohmann::json small_tokenizer_json() {
   }
   const char* merged[] = {"he",  "hel", "hell", "hello", "Ġw",
                           "Ġwo", "or",  "Ġwor", "Ġworl", "Ġworld"};
-  const char* merges[] = {"h e",  "he l", "hel l", "hell o", "Ġ w",
-                          "Ġw o", "o r",  "Ġw or", "Ġwor l", "Ġworl d"};
+  // Consistent merges: every merged token except "Ġwo" is reachable from its bytes.
+  const char* merges[] = {"h e", "he l",  "hel l",  "hell o", "o r",
+                          "Ġ w", "Ġw or", "Ġwor l", "Ġworl d"};
   int next_id = 256;
   for (const char* token : merged)
     vocab[token] = next_id++;
