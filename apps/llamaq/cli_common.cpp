@@ -5,6 +5,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "core/resources.h"
 
 namespace llamaq::cli {
 
@@ -20,6 +21,44 @@ Engine load_engine(const ModelOptions& options) {
   engine.backend = make_cpu_backend(options.threads);
   engine.loaded = load_model(options.model_dir, *engine.backend, log_line);
   return engine;
+}
+
+Tokenizer load_tokenizer(const std::string& model_dir) {
+  return Tokenizer::from_model_dir(model_dir);
+}
+
+std::string rate_text(int64_t tokens, double seconds) {
+  return fmt::format("{} tokens in {:.3f} s ({:.1f} tokens/s)", tokens, seconds,
+                     seconds > 0 ? double(tokens) / seconds : 0.0);
+}
+
+namespace {
+
+const char* reason_name(StopReason reason) {
+  switch (reason) {
+    case StopReason::StopToken: return "stop token";
+    case StopReason::MaxTokens: return "max tokens";
+    case StopReason::Cancelled: return "cancelled";
+  }
+  return "?";
+}
+
+}  // namespace
+
+void print_generation_summary(const GenerateResult& r, const SamplingParams& sampling) {
+  // The first generated token comes from the prompt's logits; each later one costs a step.
+  const int64_t steps =
+      std::max<int64_t>(1, int64_t(r.tokens.size()) + (r.stop_token ? 1 : 0)) - 1;
+  log_line("prompt: " + rate_text(r.prompt_tokens, r.prompt_seconds));
+  log_line(fmt::format("generated: {} tokens, {} decode steps in {:.3f} s ({:.1f} tokens/s), "
+                       "stopped by {}",
+                       r.tokens.size(), steps, r.generate_seconds,
+                       r.generate_seconds > 0 ? double(steps) / r.generate_seconds : 0.0,
+                       reason_name(r.reason)));
+  log_line(fmt::format("sampling: temperature {}, top-k {}, top-p {}, min-p {}, seed {}",
+                       sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p,
+                       sampling.seed));
+  log_line(fmt::format("peak memory: {:.1f} MiB", double(peak_resident_bytes()) / (1 << 20)));
 }
 
 std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& flag) {

@@ -10,7 +10,9 @@
 
 #include "backend/backend.h"
 #include "model/loader.h"
+#include "runtime/generate.h"
 #include "runtime/sampler.h"
+#include "tokenizer/tokenizer.h"
 
 namespace llamaq::cli {
 
@@ -27,6 +29,14 @@ struct Engine {
   LoadedModel loaded;
 };
 Engine load_engine(const ModelOptions& options);
+
+// The checkpoint's tokenizer (tokenizer.json + tokenizer_config.json in the model folder).
+Tokenizer load_tokenizer(const std::string& model_dir);
+
+// A one-line rate: "12 tokens in 0.500 s (24.0 tokens/s)".
+std::string rate_text(int64_t tokens, double seconds);
+// The end-of-run summary of a generation on stderr.
+void print_generation_summary(const GenerateResult& result, const SamplingParams& sampling);
 
 // "1,2,3" or "1 2 3" -> ids; throws llamaq::Error naming the bad item.
 std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& flag);

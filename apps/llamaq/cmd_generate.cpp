@@ -1,11 +1,12 @@
-// llamaq generate: token ids in, generated token ids streamed out, timing summary on stderr.
+// llamaq generate: a prompt (token ids, text, or a chat message) in; generated tokens streamed
+// out as text (or ids for an ids prompt); timing summary on stderr.
 #include <iostream>
 
 #include "cli_common.h"
 #include "commands.h"
 #include "core/error.h"
-#include "core/resources.h"
-#include "runtime/generate.h"
+#include "model/config.h"
+#include "runtime/chat_session.h"
 
 namespace llamaq::cli {
 namespace {
@@ -13,69 +14,95 @@ namespace {
 struct GenerateCliOptions {
   ModelOptions model;
   std::string ids;
+  std::string prompt;
+  std::string prompt_file;
+  bool chat = false;
+  std::optional<std::string> system;
+  bool no_parse_special = false;
+  bool show_special = false;
   int64_t n_predict = 128;
   int64_t ctx = 0;
   bool ignore_eos = false;
   SamplingOptions sampling;
 };
 
-const char* reason_name(StopReason reason) {
-  switch (reason) {
-    case StopReason::StopToken: return "stop token";
-    case StopReason::MaxTokens: return "max tokens";
-    case StopReason::Cancelled: return "cancelled";
-  }
-  return "?";
+std::string prompt_text(const GenerateCliOptions& o) {
+  return o.prompt_file.empty() ? o.prompt : read_text_file(o.prompt_file);
 }
 
-void print_summary(const GenerateResult& r, const SamplingParams& sampling) {
-  const double prompt_rate = r.prompt_seconds > 0 ? double(r.prompt_tokens) / r.prompt_seconds : 0;
-  // The first generated token comes from the prompt's logits; later ones each cost a step.
-  const double steps = double(std::max<size_t>(1, r.tokens.size() + (r.stop_token ? 1 : 0)) - 1);
-  const double gen_rate = r.generate_seconds > 0 && steps > 0 ? steps / r.generate_seconds : 0;
-  log_line(fmt::format("prompt: {} tokens in {:.3f} s ({:.1f} tokens/s)", r.prompt_tokens,
-                       r.prompt_seconds, prompt_rate));
-  log_line(fmt::format("generated: {} tokens in {:.3f} s ({:.1f} tokens/s), stopped by {}",
-                       r.tokens.size(), r.generate_seconds, gen_rate, reason_name(r.reason)));
-  log_line(fmt::format("sampling: temperature {}, top-k {}, top-p {}, min-p {}, seed {}",
-                       sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p,
-                       sampling.seed));
-  log_line(fmt::format("peak memory: {:.1f} MiB", double(peak_resident_bytes()) / (1 << 20)));
+std::vector<int32_t> text_prompt_ids(const GenerateCliOptions& o, const Tokenizer& tokenizer) {
+  if (!o.chat) {
+    if (o.system) fail("--system needs --chat");
+    return tokenizer.encode_with_bos(prompt_text(o), !o.no_parse_special);
+  }
+  std::vector<ChatMessage> messages;
+  if (o.system) messages.push_back({"system", *o.system});
+  messages.push_back({"user", prompt_text(o)});
+  return tokenizer.encode_chat(messages, /*add_generation_prompt=*/true);
 }
 
 void run(const GenerateCliOptions& o) {
-  const std::vector<int32_t> prompt = parse_token_ids(o.ids, "--ids");
+  const bool text_mode = o.ids.empty();
+  if (text_mode == (o.prompt.empty() && o.prompt_file.empty()) || (!o.prompt.empty() && !o.prompt_file.empty())) {
+    fail("give exactly one of --ids, --prompt and --prompt-file");
+  }
+  if (!text_mode && o.chat) fail("--chat needs a text prompt (--prompt or --prompt-file)");
   Engine engine = load_engine(o.model);
   LlamaModel& model = *engine.loaded.model;
+  std::optional<Tokenizer> tokenizer;
+  std::vector<int32_t> prompt;
   GenerateOptions options;
   options.max_new_tokens = o.n_predict;
   options.sampling = resolve_sampling(o.sampling, engine.loaded.generation);
-  if (!o.ignore_eos) options.stop_ids = engine.loaded.eos_token_ids();
-  const int64_t needed = int64_t(prompt.size()) + o.n_predict;
-  const int64_t ctx = o.ctx > 0 ? o.ctx : needed;
+  if (text_mode) {
+    tokenizer = load_tokenizer(o.model.model_dir);
+    prompt = text_prompt_ids(o, *tokenizer);
+    if (!o.ignore_eos) options.stop_ids = tokenizer->stop_ids(engine.loaded.eos_token_ids());
+  } else {
+    prompt = parse_token_ids(o.ids, "--ids");
+    if (!o.ignore_eos) options.stop_ids = engine.loaded.eos_token_ids();
+  }
+  const int64_t ctx = o.ctx > 0 ? o.ctx : int64_t(prompt.size()) + o.n_predict;
   if (ctx > model.config().max_position_embeddings) {
     log_line(fmt::format("warning: context {} exceeds the model's max_position_embeddings {}", ctx,
                          model.config().max_position_embeddings));
   }
   KvCache cache(*engine.backend, model.config(), ctx);
   const int seq = cache.add_sequence();
-  bool first = true;
-  const GenerateResult result = generate(model, cache, seq, prompt, options, [&](int32_t token) {
-    std::cout << (first ? "" : " ") << token << std::flush;
-    first = false;
-    return true;
-  });
+  GenerateResult result;
+  if (text_mode) {
+    result = generate_text(model, cache, seq, *tokenizer, prompt, options, o.show_special,
+                           [](std::string_view text) {
+                             std::cout << text << std::flush;
+                             return true;
+                           });
+  } else {
+    bool first = true;
+    result = generate(model, cache, seq, prompt, options, [&](int32_t token) {
+      std::cout << (first ? "" : " ") << token << std::flush;
+      first = false;
+      return true;
+    });
+  }
   std::cout << std::endl;
-  print_summary(result, options.sampling);
+  print_generation_summary(result, options.sampling);
 }
 
 }  // namespace
 
 void register_generate(CLI::App& app) {
   auto options = std::make_shared<GenerateCliOptions>();
-  CLI::App* cmd = app.add_subcommand("generate", "Generate tokens after a prompt");
+  CLI::App* cmd = app.add_subcommand("generate", "Generate text (or token ids) after a prompt");
   add_model_options(*cmd, options->model);
-  cmd->add_option("--ids", options->ids, "Prompt token ids, e.g. 128000,9906")->required();
+  cmd->add_option("-p,--prompt", options->prompt, "Prompt text");
+  cmd->add_option("-f,--prompt-file", options->prompt_file, "Read the prompt text from a file");
+  cmd->add_option("--ids", options->ids, "Prompt token ids instead of text, e.g. 128000,9906");
+  cmd->add_flag("--chat", options->chat,
+                "Send the prompt as a user message in the checkpoint's chat format");
+  cmd->add_option("--system", options->system, "System message (with --chat)");
+  cmd->add_flag("--no-parse-special", options->no_parse_special,
+                "Treat special-token text like <|eot_id|> in a plain prompt as ordinary text");
+  cmd->add_flag("--show-special", options->show_special, "Print special tokens in the output");
   cmd->add_option("-n,--n-predict", options->n_predict, "Maximum new tokens")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("-c,--ctx", options->ctx, "Context size in tokens (default: prompt + n)")

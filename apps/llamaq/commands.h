@@ -7,5 +7,7 @@ namespace llamaq::cli {
 
 void register_logits(CLI::App& app);
 void register_generate(CLI::App& app);
+void register_chat(CLI::App& app);
+void register_tokenize(CLI::App& app);
 
 }  // namespace llamaq::cli

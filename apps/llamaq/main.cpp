@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "llamaq 0.1.0");
   llamaq::cli::register_logits(app);
   llamaq::cli::register_generate(app);
+  llamaq::cli::register_chat(app);
+  llamaq::cli::register_tokenize(app);
   const auto commands = app.get_subcommands([](const CLI::App*) { return true; });
   const auto is_command = [&](const char* name) {
     return std::any_of(commands.begin(), commands.end(),
