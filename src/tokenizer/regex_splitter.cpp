@@ -6,10 +6,10 @@
 
 #include <algorithm>
 #include <array>
-#include <cctype>
 #include <cstdint>
 
 #include "core/error.h"
+#include "tokenizer/regex_dialect.h"
 
 namespace llamaq {
 namespace {
@@ -25,35 +25,6 @@ std::string pcre2_message(int code) {
     return "PCRE2 error " + std::to_string(code);
   }
   return std::string(reinterpret_cast<const char*>(buffer.data()));
-}
-
-// Rejects constructs whose meaning differs between Oniguruma's Ruby syntax (Hugging Face) and
-// PCRE2, instead of silently tokenizing differently.
-void check_dialect(std::string_view pattern, std::string_view source) {
-  for (size_t i = 0; i + 1 < pattern.size(); ++i) {
-    if (pattern[i] == '\\') {
-      const char escaped = pattern[i + 1];
-      if (escaped == 'h' || escaped == 'H') {
-        fail(
-            "{}: regex escape \\{} at offset {} means a hex digit in Hugging Face's Oniguruma "
-            "but horizontal space in PCRE2; unsupported",
-            source, escaped, i);
-      }
-      ++i;
-    } else if (pattern[i] == '(' && pattern[i + 1] == '?') {
-      size_t j = i + 2;
-      while (j < pattern.size() &&
-             (std::isalpha(static_cast<unsigned char>(pattern[j])) || pattern[j] == '-')) {
-        if (pattern[j] == 'm' || pattern[j] == 's') {
-          fail(
-              "{}: inline regex option '{}' at offset {} differs between Oniguruma and PCRE2; "
-              "unsupported",
-              source, pattern[j], j);
-        }
-        ++j;
-      }
-    }
-  }
 }
 
 struct MatchResources {
@@ -88,19 +59,19 @@ struct RegexSplitter::Compiled {
 
 RegexSplitter::RegexSplitter(std::string_view pattern, std::string_view source)
     : compiled_(std::make_unique<Compiled>()), pattern_(pattern), source_(source) {
-  check_dialect(pattern, source);
+  const std::string translated = translate_oniguruma_pattern(pattern, source);
   pcre2_compile_context* context = pcre2_compile_context_create(nullptr);
   if (!context) fail("out of memory creating a PCRE2 compile context");
   pcre2_set_newline(context, PCRE2_NEWLINE_LF);
   int error_code = 0;
   PCRE2_SIZE error_offset = 0;
   const uint32_t options = PCRE2_UTF | PCRE2_UCP | PCRE2_MULTILINE | PCRE2_NEVER_BACKSLASH_C;
-  compiled_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                  options, &error_code, &error_offset, context);
+  compiled_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()),
+                                  translated.size(), options, &error_code, &error_offset, context);
   pcre2_compile_context_free(context);
   if (!compiled_->code) {
-    fail("{}: the Split regex does not compile (at offset {}): {}", source, error_offset,
-         pcre2_message(error_code));
+    fail("{}: the Split regex does not compile (at offset {}{}): {}", source, error_offset,
+         translated == pattern ? "" : " of its PCRE2 translation", pcre2_message(error_code));
   }
   // JIT is an optimisation only: on platforms or builds without it, the interpreter matches the
   // same.

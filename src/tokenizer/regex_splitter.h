@@ -6,10 +6,8 @@
 // the end of the previous match is skipped by advancing one character), so even a pattern that
 // can match the empty string splits exactly as in Hugging Face.
 //
-// Oniguruma (Ruby syntax) and PCRE2 agree on the constructs byte-level BPE patterns use
-// (classes, \p{..}, (?i:..), lookahead, counted repeats). Patterns are compiled with
-// PCRE2_MULTILINE because `^`/`$` are line anchors in Ruby syntax. A few escapes that mean
-// different things in the two dialects (\h, \H) are refused rather than silently reinterpreted.
+// The pattern is first translated from Hugging Face's regex dialect (Oniguruma) where the two
+// engines differ (regex_dialect.h); error offsets refer to the translated pattern.
 #pragma once
 
 #include <cstddef>

@@ -143,8 +143,14 @@ TEST(TokenizerErrors, BrokenOrForeignRegex) {
       std::string("small/tokenizer.json: pre_tokenizer.pretokenizers[0].pattern.Regex: the "
                   "Split regex does not compile (at offset 7): missing closing parenthesis"));
   EXPECT_CONTAINS(with_regex("\\p{Nope}"), std::string("does not compile"));
-  EXPECT_CONTAINS(with_regex("\\h+"), std::string("means a hex digit in Hugging Face's Oniguruma"));
-  EXPECT_CONTAINS(with_regex("(?m:.)"), std::string("inline regex option 'm'"));
+  EXPECT_CONTAINS(with_regex("\\w+"),
+                  std::string("small/tokenizer.json: pre_tokenizer.pretokenizers[0].pattern.Regex: "
+                              "regex \\w at offset 0 is not supported: word characters differ"));
+  EXPECT_CONTAINS(with_regex("a\\b"), std::string("regex \\b at offset 1 is not supported"));
+  EXPECT_CONTAINS(with_regex("(?m:.)"), std::string("regex inline option 'm' at offset 0"));
+  EXPECT_CONTAINS(with_regex("[^\\S]"), std::string("negated class escape inside [...]"));
+  EXPECT_CONTAINS(with_regex("[a[b]]"), std::string("nested character class"));
+  EXPECT_CONTAINS(with_regex("(\\s"), std::string("(at offset 91 of its PCRE2 translation)"));
 }
 
 TEST(TokenizerErrors, ConfigProblems) {

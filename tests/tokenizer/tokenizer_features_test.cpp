@@ -171,5 +171,24 @@ TEST(RegexSplitter, IsolatedSplitKeepsGapsAndDropsEmptyPieces) {
   EXPECT_TRUE(pieces("\\s+", "").empty());
 }
 
+// Where Oniguruma (Hugging Face) and PCRE2 disagree, the Oniguruma meaning is kept.
+TEST(RegexSplitter, KeepsOnigurumaMeaningOfEscapes) {
+  using Strings = std::vector<std::string>;
+  const std::string llama3 =
+      small_tokenizer_json()["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"];
+  // U+180E is not White_Space (PCRE2's own \s would match it and split "\u180E|\u180Eb").
+  EXPECT_EQ(pieces(llama3,
+                   "\xE1\xA0\x8E\xE1\xA0\x8E"
+                   "b"),
+            (Strings{"\xE1\xA0\x8E\xE1\xA0\x8E", "b"}));
+  EXPECT_EQ(pieces(llama3, "\xC2\x85\xC2\x85y"),
+            (Strings{"\xC2\x85", "\xC2\x85y"}));                           // U+0085 is White_Space
+  EXPECT_EQ(pieces("\\h+", "xx09afAFg"), (Strings{"xx", "09afAF", "g"}));  // \h: hex digit
+  EXPECT_EQ(pieces("[\\h]", "g1"), (Strings{"g", "1"}));
+  EXPECT_EQ(pieces("\\v", "a\vb\nc"), (Strings{"a", "\v", "b\nc"}));  // \v: U+000B only
+  EXPECT_EQ(pieces("\\S+", "ab \xE1\xA0\x8E"), (Strings{"ab", " ", "\xE1\xA0\x8E"}));
+  EXPECT_EQ(pieces("[]a]+", "x]a]"), (Strings{"x", "]a]"}));  // leading ']' is a member
+}
+
 }  // namespace
 }  // namespace llamaq::testing
