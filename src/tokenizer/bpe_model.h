@@ -48,6 +48,7 @@ class BpeModel {
   // Load-time setup. add_token returns false when the bytes are already in the vocabulary.
   bool add_token(std::string_view bytes, int32_t id);
   void add_merge(int32_t left, int32_t right, int32_t merged_id, int32_t rank);
+  void reserve_merges(size_t count) { merges_.reserve(count); }
   void set_options(const BpeOptions& options) { options_ = options; }
 
   std::optional<int32_t> find(std::string_view bytes) const { return vocab_.find(bytes); }

@@ -50,9 +50,16 @@ std::optional<int32_t> ByteStringIdMap::find(std::string_view key) const {
   return slot.value;
 }
 
-void TokenPairMergeMap::grow() {
+void TokenPairMergeMap::reserve(size_t count) {
+  size_t slot_count = 64;
+  while (slot_count < count * 2)
+    slot_count *= 2;
+  if (slot_count > slots_.size()) rehash(slot_count);
+}
+
+void TokenPairMergeMap::rehash(size_t slot_count) {
   std::vector<Slot> old = std::move(slots_);
-  slots_.assign(old.empty() ? 64 : old.size() * 2, Slot{});
+  slots_.assign(slot_count, Slot{});
   const size_t mask = slots_.size() - 1;
   for (const Slot& slot : old) {
     if (slot.key == kEmpty) continue;
@@ -64,7 +71,7 @@ void TokenPairMergeMap::grow() {
 }
 
 void TokenPairMergeMap::insert_or_assign(int32_t left, int32_t right, MergeRule rule) {
-  if ((size_ + 1) * 2 > slots_.size()) grow();
+  if ((size_ + 1) * 2 > slots_.size()) rehash(slots_.empty() ? 64 : slots_.size() * 2);
   const uint64_t key = pair_key(left, right);
   const size_t mask = slots_.size() - 1;
   size_t i = mix_bits(key) & mask;

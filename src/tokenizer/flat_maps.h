@@ -69,6 +69,8 @@ class TokenPairMergeMap {
  public:
   // Inserts or replaces (a later merge of the same pair wins, as in Hugging Face's map).
   void insert_or_assign(int32_t left, int32_t right, MergeRule rule);
+  // Sizes the table for `count` entries up front (load time only).
+  void reserve(size_t count);
   const MergeRule* find(int32_t left, int32_t right) const {
     if (slots_.empty()) return nullptr;
     const uint64_t key = pair_key(left, right);
@@ -90,7 +92,7 @@ class TokenPairMergeMap {
   static uint64_t pair_key(int32_t left, int32_t right) {
     return (uint64_t(uint32_t(left)) << 32) | uint32_t(right);
   }
-  void grow();
+  void rehash(size_t slot_count);
 
   std::vector<Slot> slots_;
   size_t size_ = 0;

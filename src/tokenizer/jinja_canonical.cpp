@@ -80,19 +80,25 @@ bool lex_tag(std::string_view source, size_t& pos, Piece& tag) {
   return true;
 }
 
+// Offset of the next "{{", "{%" or "{#" at or after pos, or source.size().
+size_t find_tag_start(std::string_view source, size_t pos) {
+  for (; (pos = source.find('{', pos)) != std::string_view::npos; ++pos) {
+    if (pos + 1 < source.size() &&
+        std::string_view("{%#").find(source[pos + 1]) != std::string_view::npos) {
+      return pos;
+    }
+  }
+  return source.size();
+}
+
 std::optional<std::vector<Piece>> lex(std::string_view source) {
   std::vector<Piece> pieces;
   size_t pos = 0;
   while (pos < source.size()) {
-    size_t tag_start = pos;
-    while ((tag_start = source.find('{', tag_start)) != std::string_view::npos &&
-           (tag_start + 1 >= source.size() ||
-            std::string_view("{%#").find(source[tag_start + 1]) == std::string_view::npos)) {
-      ++tag_start;
-    }
-    if (tag_start == std::string_view::npos) tag_start = source.size();
-    if (tag_start > pos)
+    const size_t tag_start = find_tag_start(source, pos);
+    if (tag_start > pos) {
       pieces.push_back({Piece::Kind::kData, std::string(source.substr(pos, tag_start - pos))});
+    }
     if (tag_start == source.size()) break;
     pos = tag_start;
     Piece tag;

@@ -15,6 +15,12 @@
 namespace llamaq {
 namespace {
 
+// Lets the vocabulary map be searched with string_view keys (no temporary strings per merge).
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view text) const { return std::hash<std::string_view>{}(text); }
+};
+
 class TokenizerJsonParser {
  public:
   explicit TokenizerJsonParser(std::string_view source) : fields_(std::string(source)) {}
@@ -71,6 +77,7 @@ class TokenizerJsonParser {
 
   void parse_vocab(const Json& vocab) {
     fields_.expect_object(vocab, "model.vocab");
+    vocab_ids_.reserve(vocab.size());
     for (const auto& [token, value] : vocab.items()) {
       const int32_t id = parse_id(value, "model.vocab[\"" + token + "\"]");
       const auto [entry, inserted] = vocab_ids_.emplace(token, id);
@@ -88,7 +95,7 @@ class TokenizerJsonParser {
   }
 
   int32_t merge_part_id(std::string_view part, size_t index) const {
-    const auto it = vocab_ids_.find(std::string(part));
+    const auto it = vocab_ids_.find(part);
     if (it == vocab_ids_.end()) {
       fields_.fail_at(fmt::format("model.merges[{}]", index),
                       fmt::format("uses token \"{}\", which is not in model.vocab", part));
@@ -99,11 +106,14 @@ class TokenizerJsonParser {
   void parse_merges(const Json& merges) {
     fields_.expect_array(merges, "model.merges");
     if (merges.size() > size_t(INT32_MAX)) fields_.fail_at("model.merges", "has too many entries");
+    definition_.model.reserve_merges(merges.size());
+    std::string merged;
     for (size_t i = 0; i < merges.size(); ++i) {
       const auto [left, right] = merge_parts(merges[i], i);
       const int32_t left_id = merge_part_id(left, i);
       const int32_t right_id = merge_part_id(right, i);
-      const int32_t merged_id = merge_part_id(std::string(left) + std::string(right), i);
+      merged.assign(left).append(right);
+      const int32_t merged_id = merge_part_id(merged, i);
       definition_.model.add_merge(left_id, right_id, merged_id, static_cast<int32_t>(i));
     }
   }
@@ -146,7 +156,7 @@ class TokenizerJsonParser {
     options.fuse_unk = fields_.optional_bool(model, "model", "fuse_unk", false);
     const std::string unk = fields_.optional_string(model, "model", "unk_token");
     if (!unk.empty() || JsonFields::optional(model, "unk_token")) {
-      const auto it = vocab_ids_.find(unk);
+      const auto it = vocab_ids_.find(std::string_view(unk));
       if (it == vocab_ids_.end()) fields_.fail_at("model.unk_token", "is not in model.vocab");
       options.unk_id = it->second;
     }
@@ -331,7 +341,7 @@ class TokenizerJsonParser {
 
   JsonFields fields_;
   TokenizerDefinition definition_;
-  std::unordered_map<std::string, int32_t> vocab_ids_;
+  std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>> vocab_ids_;
   std::vector<const std::string*> vocab_string_of_id_;  // keys of vocab_ids_ (stable nodes)
 };
 

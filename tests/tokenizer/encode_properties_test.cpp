@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <random>
+#include <thread>
 
 #include "random_text.h"
 #include "tokenizer/tokenizer_json.h"
@@ -113,6 +114,31 @@ TEST(EncodeProperties, MegabyteSingleLineInputsFinishQuickly) {
   }
   // A long run of one letter is a single piece: spot-check the merged result.
   EXPECT_EQ(tokenizer.encode(std::string(40, 'x'), false), std::vector<int32_t>(5, 45202));
+}
+
+TEST(EncodeProperties, ConcurrentEncodingFromSeveralThreadsGivesTheSameIds) {
+  const Tokenizer& tokenizer = real_tokenizer("llama3_1");
+  std::mt19937 rng(17);
+  std::vector<std::string> texts;
+  for (int i = 0; i < 200; ++i)
+    texts.push_back(random_unicode_string(rng, 100));
+  std::vector<std::vector<int32_t>> expected;
+  for (const std::string& text : texts)
+    expected.push_back(tokenizer.encode(text, true));
+  std::vector<int> mismatches(4, 0);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < mismatches.size(); ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 5; ++round) {
+        for (size_t i = 0; i < texts.size(); ++i) {
+          mismatches[t] += tokenizer.encode(texts[i], true) != expected[i];
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads)
+    thread.join();
+  EXPECT_EQ(mismatches, std::vector<int>(4, 0));
 }
 
 TEST(EncodeProperties, LinearAndHeapMergeLoopsAgree) {
