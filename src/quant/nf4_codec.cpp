@@ -24,14 +24,16 @@ void widen(const Tensor& t, int64_t begin, int64_t count, float* out) {
   switch (t.dtype()) {
     case DType::BF16: {
       const uint16_t* in = t.data_as<const uint16_t>() + begin;
-      for (int64_t i = 0; i < count; ++i)
+      for (int64_t i = 0; i < count; ++i) {
         out[i] = bf16_to_float(in[i]);
+      }
       break;
     }
     case DType::F16: {
       const uint16_t* in = t.data_as<const uint16_t>() + begin;
-      for (int64_t i = 0; i < count; ++i)
+      for (int64_t i = 0; i < count; ++i) {
         out[i] = fp16_to_float(in[i]);
+      }
       break;
     }
     default:
@@ -67,12 +69,22 @@ void check_quantize_input(const Tensor& weight, int64_t block_size) {
 }
 
 // One block of `count` values (count even except for a partial last block) into count/2 rounded
-// up bytes; returns the block's absmax. An all-zero block gets inv = 1/0 = inf, 0 * inf = NaN and
-// code 0 (-1.0), which dequantizes to -1.0 * 0 = -0.0, exactly as the CUDA kernel.
+// up bytes; returns the block's absmax. Codes follow the CUDA kernel (x * (1/absmax) against the
+// thresholds), except for an all-zero block: the kernel's 0 * (1/0) = NaN gives code 0 (-1.0),
+// which under double quantization dequantizes to -scale, not 0. Such a block gets code 7 (0.0)
+// instead, as bitsandbytes' PyTorch backend does, so it dequantizes to 0 with any scale.
 float quantize_block(const float* values, int64_t count, uint8_t* bytes) {
   float absmax = 0.0f;
-  for (int64_t i = 0; i < count; ++i)
+  for (int64_t i = 0; i < count; ++i) {
     absmax = std::max(absmax, std::fabs(values[i]));
+  }
+  if (absmax == 0.0f) {
+    constexpr uint8_t kZeroCode = 7;
+    static_assert(kCodebook[kZeroCode] == 0.0f);
+    std::memset(bytes, kZeroCode << 4 | kZeroCode, size_t(count / 2));
+    if (count % 2) bytes[count / 2] = kZeroCode << 4;
+    return absmax;
+  }
   const float inv = 1.0f / absmax;
   for (int64_t i = 0; i + 1 < count; i += 2) {
     bytes[i / 2] = uint8_t(encode(values[i] * inv) << 4 | encode(values[i + 1] * inv));

@@ -53,8 +53,8 @@ Tensor make_weight(DType dtype, int64_t rows, int64_t cols,
 
 Tensor random_weight(DType dtype, int64_t rows, int64_t cols, uint32_t seed, float scale) {
   std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-scale, scale);
-  return make_weight(dtype, rows, cols, [&](int64_t) { return dist(rng); });
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);  // scaled after: no (b - a) overflow
+  return make_weight(dtype, rows, cols, [&](int64_t) { return dist(rng) * scale; });
 }
 
 std::vector<uint8_t> bytes_of(const Tensor& t) {
