@@ -14,12 +14,29 @@ void add_model_options(CLI::App& command, ModelOptions& options) {
       ->required();
   command.add_option("-t,--threads", options.threads, "CPU threads (0 = all)")
       ->check(CLI::NonNegativeNumber);
+  command.add_option("--quant", options.quant,
+                     "Quantize the projections to 4-bit while loading: none or nf4 (a 4-bit "
+                     "checkpoint is used as it is)")
+      ->check(CLI::IsMember({"none", "nf4"}));
+  command.add_flag("--quant-lm-head", options.quant_lm_head, "With --quant nf4, the LM head too");
+  command.add_flag("--no-double-quant", options.no_double_quant,
+                   "With --quant nf4, keep the block scales in float32");
+}
+
+LoadOptions load_options(const ModelOptions& options) {
+  LoadOptions load;
+  load.quantize_nf4 = options.quant == "nf4";
+  load.quantize_lm_head = options.quant_lm_head;
+  load.double_quant = !options.no_double_quant;
+  load.threads = options.threads;
+  load.progress = true;
+  return load;
 }
 
 Engine load_engine(const ModelOptions& options) {
   Engine engine;
   engine.backend = make_cpu_backend(options.threads);
-  engine.loaded = load_model(options.model_dir, *engine.backend, log_line);
+  engine.loaded = load_model(options.model_dir, *engine.backend, log_line, load_options(options));
   return engine;
 }
 

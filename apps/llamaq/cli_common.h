@@ -19,9 +19,13 @@ namespace llamaq::cli {
 struct ModelOptions {
   std::string model_dir;
   int threads = 0;  // 0 = all hardware threads
+  std::string quant = "none";  // "none" or "nf4": quantize projections while loading
+  bool quant_lm_head = false;
+  bool no_double_quant = false;
 };
 
 void add_model_options(CLI::App& command, ModelOptions& options);
+LoadOptions load_options(const ModelOptions& options);
 
 // The backend and the loaded model, kept together so the backend outlives the model.
 struct Engine {

@@ -9,5 +9,8 @@ void register_logits(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_chat(CLI::App& app);
 void register_tokenize(CLI::App& app);
+void register_quantize(CLI::App& app);
+void register_perplexity(CLI::App& app);
+void register_random_checkpoint(CLI::App& app);
 
 }  // namespace llamaq::cli

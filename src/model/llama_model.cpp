@@ -7,7 +7,7 @@ namespace llamaq {
 namespace {
 
 LinearWeight upload(Backend& backend, const LinearWeight& w) {
-  return LinearWeight{backend.upload(w.weight)};
+  return w.quantized() ? w : LinearWeight{backend.upload(w.weight), {}};
 }
 
 LlamaWeights upload_weights(Backend& backend, const LlamaWeights& host) {
@@ -28,7 +28,7 @@ LlamaWeights upload_weights(Backend& backend, const LlamaWeights& host) {
   }
   w.final_norm = backend.upload(host.final_norm);
   const bool tied = host.lm_head.weight.data() == host.embed_tokens.data();
-  w.lm_head = tied ? LinearWeight{w.embed_tokens} : upload(backend, host.lm_head);
+  w.lm_head = tied ? LinearWeight{w.embed_tokens, {}} : upload(backend, host.lm_head);
   return w;
 }
 

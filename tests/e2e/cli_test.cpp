@@ -122,7 +122,8 @@ TEST(Cli, StopsAtTheEndOfSequenceToken) {
 }
 
 TEST(Cli, HelpForEveryCommand) {
-  for (const std::string command : {"", "logits ", "generate ", "chat ", "tokenize "}) {
+  for (const std::string command :
+       {"", "logits ", "generate ", "chat ", "tokenize ", "quantize ", "perplexity "}) {
     const auto r = run_cli(command + "--help");
     EXPECT_EQ(r.exit_code, 0) << command;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << command;
@@ -242,6 +243,39 @@ TEST(Cli, ChatContentCannotInjectSpecialTokens) {
   const auto ids = nlohmann::json::parse(r.out)["ids"].get<std::vector<int32_t>>();
   EXPECT_EQ(std::count(ids.begin(), ids.end(), 128009), 1);  // only the template's own eot
   EXPECT_EQ(std::count(ids.begin(), ids.end(), 128006), 2);  // user and assistant headers
+}
+
+TEST(Cli, QuantizeThenGenerateMatchesQuantizeOnLoad) {
+  test::TempDir dir;
+  const auto out = dir / "q";
+  auto r = run_cli("quantize " + model_arg("tiny-llama31") + " --out " + out.string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("quantizing to NF4: 21 tensors"), std::string::npos) << r.err;
+  EXPECT_TRUE(std::filesystem::exists(out / "model.safetensors"));
+  const auto config = nlohmann::json::parse(test::read_bytes(out / "config.json"));
+  EXPECT_EQ(config["quantization_config"]["bnb_4bit_quant_type"], "nf4");
+  EXPECT_EQ(config["quantization_config"]["bnb_4bit_use_double_quant"], true);
+  const std::string gen = " --ids 5,6,7 -n 12 --temp 0 --ignore-eos";
+  const auto from_file = run_cli("generate --model " + out.string() + gen);
+  const auto on_load = run_cli("generate " + model_arg("tiny-llama31") + " --quant nf4" + gen);
+  ASSERT_EQ(from_file.exit_code, 0) << from_file.err;
+  ASSERT_EQ(on_load.exit_code, 0) << on_load.err;
+  EXPECT_EQ(from_file.out, on_load.out);
+  EXPECT_NE(from_file.err.find("21 of 21 projections NF4"), std::string::npos) << from_file.err;
+  r = run_cli("quantize --model " + out.string() + " --out " + (dir / "again").string());
+  EXPECT_NE(r.err.find("already quantized"), std::string::npos) << r.err;
+}
+
+TEST(Cli, PerplexityAndKlAgainstTheBf16Model) {
+  const std::string text = (test::data_dir() / "text/sample.txt").string();
+  const auto r = run_cli("perplexity " + model_arg(kVocabModel) + " --quant nf4 --file " + text +
+                         " --ctx 128 --stride 64 --kl-base " + test::model_dir(kVocabModel).string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("perplexity: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("mean KL"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("top-1 agreement"), std::string::npos) << r.out;
+  const auto bad = run_cli("perplexity " + model_arg(kVocabModel) + " --file /nonexistent.txt");
+  EXPECT_NE(bad.err.find("/nonexistent.txt"), std::string::npos) << bad.err;
 }
 
 TEST(Cli, TextCommandsRejectBadInput) {
