@@ -4,6 +4,7 @@
 #include "quant/nf4_codec.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 
@@ -68,39 +69,81 @@ void check_quantize_input(const Tensor& weight, int64_t block_size) {
   }
 }
 
+// A worker's scratch for one block: its values (widened, then scaled) and their codes.
+struct BlockScratch {
+  explicit BlockScratch(int64_t block_size)
+      : values(size_t(block_size)), codes(size_t(block_size)) {}
+  std::vector<float> values;
+  std::vector<int32_t> codes;
+};
+
+// True when no value is inf or NaN (an integer test on the exponent bits, so it vectorizes).
+bool all_finite(const float* values, int64_t count) {
+  uint32_t non_finite = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    non_finite |= uint32_t((std::bit_cast<uint32_t>(values[i]) & 0x7f800000u) == 0x7f800000u);
+  }
+  return non_finite == 0;
+}
+
+[[noreturn]] void fail_non_finite(const float* values, int64_t count, int64_t first_element,
+                                  int64_t cols) {
+  int64_t i = 0;
+  while (i + 1 < count && std::isfinite(values[i]))
+    ++i;
+  const int64_t k = first_element + i;
+  fail("nf4 quantize: weight element [{}, {}] is {}, which cannot be quantized", k / cols, k % cols,
+       values[i]);
+}
+
+// max |v| of finite values, with four independent maxima (the order of a max does not matter).
+float block_absmax(const float* values, int64_t count) {
+  float m[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  int64_t i = 0;
+  for (; i + 4 <= count; i += 4) {
+    for (int j = 0; j < 4; ++j)
+      m[j] = std::max(m[j], std::fabs(values[i + j]));
+  }
+  for (; i < count; ++i)
+    m[0] = std::max(m[0], std::fabs(values[i]));
+  return std::max(std::max(m[0], m[1]), std::max(m[2], m[3]));
+}
+
+// codes[i] = encode(values[i] * inv): the number of thresholds strictly below the scaled value,
+// counted one threshold at a time over the whole block so that the comparisons vectorize.
+void encode_block(float* values, int64_t count, float inv, int32_t* codes) {
+  for (int64_t i = 0; i < count; ++i) {
+    values[i] *= inv;
+    codes[i] = 0;
+  }
+  for (float threshold : kThresholds) {
+    for (int64_t i = 0; i < count; ++i)
+      codes[i] += int32_t(values[i] > threshold);
+  }
+}
+
+void pack_codes(const int32_t* codes, int64_t count, uint8_t* bytes) {
+  for (int64_t i = 0; i + 1 < count; i += 2)
+    bytes[i / 2] = uint8_t(codes[i] << 4 | codes[i + 1]);
+  if (count % 2) bytes[count / 2] = uint8_t(codes[count - 1] << 4);
+}
+
 // One block of `count` values (count even except for a partial last block) into count/2 rounded
 // up bytes; returns the block's absmax. Codes follow the CUDA kernel (x * (1/absmax) against the
 // thresholds), except for an all-zero block: the kernel's 0 * (1/0) = NaN gives code 0 (-1.0),
 // which under double quantization dequantizes to -scale, not 0. Such a block gets code 7 (0.0)
 // instead, as bitsandbytes' PyTorch backend does, so it dequantizes to 0 with any scale.
-float quantize_block(const float* values, int64_t count, uint8_t* bytes) {
-  float absmax = 0.0f;
-  for (int64_t i = 0; i < count; ++i) {
-    absmax = std::max(absmax, std::fabs(values[i]));
-  }
+float quantize_block(BlockScratch& scratch, int64_t count, uint8_t* bytes) {
+  const float absmax = block_absmax(scratch.values.data(), count);
   if (absmax == 0.0f) {
-    constexpr uint8_t kZeroCode = 7;
+    constexpr int32_t kZeroCode = 7;
     static_assert(kCodebook[kZeroCode] == 0.0f);
-    std::memset(bytes, kZeroCode << 4 | kZeroCode, size_t(count / 2));
-    if (count % 2) bytes[count / 2] = kZeroCode << 4;
-    return absmax;
+    std::fill_n(scratch.codes.begin(), count, kZeroCode);
+  } else {
+    encode_block(scratch.values.data(), count, 1.0f / absmax, scratch.codes.data());
   }
-  const float inv = 1.0f / absmax;
-  for (int64_t i = 0; i + 1 < count; i += 2) {
-    bytes[i / 2] = uint8_t(encode(values[i] * inv) << 4 | encode(values[i + 1] * inv));
-  }
-  if (count % 2) bytes[count / 2] = uint8_t(encode(values[count - 1] * inv) << 4);
+  pack_codes(scratch.codes.data(), count, bytes);
   return absmax;
-}
-
-void require_finite(const float* values, int64_t count, int64_t first_element, int64_t cols) {
-  for (int64_t i = 0; i < count; ++i) {
-    if (!std::isfinite(values[i])) {
-      const int64_t k = first_element + i;
-      fail("nf4 quantize: weight element [{}, {}] is {}, which cannot be quantized", k / cols,
-           k % cols, values[i]);
-    }
-  }
 }
 
 // Fills w.packed and returns the float32 absmax of every block.
@@ -111,13 +154,15 @@ std::vector<float> quantize_blocks(const Tensor& weight, Nf4Weight& w, ThreadPoo
   pool.parallel_for(
       w.blocks(),
       [&](int64_t begin, int64_t end) {
-        std::vector<float> values(size_t(w.block_size));
+        BlockScratch scratch(w.block_size);
         for (int64_t b = begin; b < end; ++b) {
           const int64_t first = b * w.block_size;
           const int64_t count = std::min(w.block_size, n - first);
-          widen(weight, first, count, values.data());
-          require_finite(values.data(), count, first, w.cols);
-          absmax[size_t(b)] = quantize_block(values.data(), count, packed + first / 2);
+          widen(weight, first, count, scratch.values.data());
+          if (!all_finite(scratch.values.data(), count)) {
+            fail_non_finite(scratch.values.data(), count, first, w.cols);
+          }
+          absmax[size_t(b)] = quantize_block(scratch, count, packed + first / 2);
         }
       },
       kMinBlocksPerTask);

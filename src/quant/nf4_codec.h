@@ -12,6 +12,8 @@ namespace llamaq::nf4 {
 // blocks of `block_size` over the row-major elements, float32 absmax, nearest code by the
 // thresholds, high nibble first; with double_quant, absmax minus its mean coded with the dynamic
 // map in blocks of 256. Parallel over blocks. The result owns host tensors.
+// An all-zero block is coded 7 (0.0) so it dequantizes to 0 even with a double-quantized scale;
+// the mean is summed exactly and rounded once to float32. Non-finite input is an Error.
 Nf4Weight quantize(const Tensor& weight, bool double_quant, ThreadPool& pool,
                    int64_t block_size = kDefaultBlockSize);
 
