@@ -247,6 +247,7 @@ void check_layout(const Nf4Weight& w) {
   if (w.packed.device() != Device::Cpu || w.absmax.device() != Device::Cpu) {
     bad("dequantization on the host needs host tensors");
   }
+  if (!w.packed.data() || !w.absmax.data()) bad("packed data or absmax is missing");
   if (w.packed.dtype() != DType::U8 || w.packed.numel() != packed_bytes(w.elements())) {
     bad("packed data is not (rows*cols+1)/2 U8 bytes");
   }
@@ -267,10 +268,13 @@ void check_layout(const Nf4Weight& w) {
   if (w.nested_absmax.device() != Device::Cpu || w.nested_map.device() != Device::Cpu) {
     bad("dequantization on the host needs host tensors");
   }
+  if (!w.nested_absmax.data() || !w.nested_map.data())
+    bad("nested_absmax or nested_map is missing");
 }
 
-// Decodes block scales: absmax[b], or map[q[b]] * nested_absmax[b / 256] + offset (the product
-// and the sum are separate statements so that no compiler fuses them into one rounding).
+// Decodes block scales: absmax[b], or map[q[b]] * nested_absmax[b / 256] + offset, rounded after
+// the product and after the sum as bitsandbytes does (the library is built with
+// -ffp-contract=off, so no compiler fuses them into one fma).
 class ScaleDecoder {
  public:
   explicit ScaleDecoder(const Nf4Weight& w)
