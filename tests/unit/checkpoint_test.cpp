@@ -151,9 +151,5 @@ TEST(Checkpoint, TruncatedFileAndMissingFilesAreReported) {
   expect_load_error(dir / "nope", {"nope", "not a checkpoint folder"});
 }
 
-TEST(Checkpoint, PreQuantizedCheckpointsAreRefusedClearly) {
-  expect_load_error(test::model_dir("tiny-llama31-bnb-nf4-nodq"), {"quantization_config"});
-}
-
 }  // namespace
 }  // namespace llamaq
