@@ -1,8 +1,10 @@
-// CPU reference linear: out[t, j] = sum_i x[t, i] * W[j, i], weights widened to f32 row by row.
+// CPU reference linear: out[t, j] = sum_i x[t, i] * W[j, i], weights widened (or NF4 weights
+// dequantized) to f32 a few rows at a time, so no dense copy of a weight ever exists.
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
 #include "core/error.h"
+#include "quant/nf4_codec.h"
 
 namespace llamaq::cpu {
 
@@ -46,8 +48,8 @@ void linear(ThreadPool& pool, const Tensor& x, const LinearWeight& w, Tensor& ou
   const int64_t in = w.in_features();
   const int64_t out_features = w.out_features();
   if (x.dim(1) != in || out.dim(0) != n || out.dim(1) != out_features) {
-    fail("cpu linear: x {} and out {} do not fit weight {}", shape_to_string(x.shape()),
-         shape_to_string(out.shape()), shape_to_string(w.weight.shape()));
+    fail("cpu linear: x {} and out {} do not fit weight [{}, {}]", shape_to_string(x.shape()),
+         shape_to_string(out.shape()), out_features, in);
   }
   const float* xs = x.data_as<const float>();
   float* ys = out.data_as<float>();
@@ -60,7 +62,11 @@ void linear(ThreadPool& pool, const Tensor& x, const LinearWeight& w, Tensor& ou
         std::vector<float> rows(size_t(kRowsPerStep * in));
         for (int64_t j0 = begin; j0 < end; j0 += kRowsPerStep) {
           const int64_t count = std::min(kRowsPerStep, end - j0);
-          for (int64_t r = 0; r < count; ++r) load_row_f32(w.weight, j0 + r, &rows[size_t(r * in)]);
+          if (w.nf4) {
+            nf4::dequantize_rows(*w.nf4, j0, count, rows.data());
+          } else {
+            for (int64_t r = 0; r < count; ++r) load_row_f32(w.weight, j0 + r, &rows[size_t(r * in)]);
+          }
           for (int64_t t = 0; t < n; ++t) {
             const float* xt = xs + t * in;
             for (int64_t r = 0; r < count; ++r) {
