@@ -88,8 +88,10 @@ void AddedTokenMatcher::split(std::string_view text, size_t begin, size_t end, b
 AddedVocabulary::AddedVocabulary(const std::vector<AddedToken>& tokens) {
   std::vector<AddedToken> raw;
   std::vector<AddedToken> normalized;
-  for (const AddedToken& token : tokens)
+  for (const AddedToken& token : tokens) {
     (token.normalized ? normalized : raw).push_back(token);
+    has_non_special_ = has_non_special_ || !token.special;
+  }
   raw_ = AddedTokenMatcher(raw);
   normalized_ = AddedTokenMatcher(normalized);
 }

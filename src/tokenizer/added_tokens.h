@@ -58,6 +58,8 @@ class AddedVocabulary {
   explicit AddedVocabulary(const std::vector<AddedToken>& tokens);
 
   bool empty() const { return raw_.empty() && normalized_.empty(); }
+  // False when every added token is special (Llama 3): then nothing matches with specials off.
+  bool has_non_special_tokens() const { return has_non_special_; }
 
   // Splits the whole text into added-token and text segments, in order.
   void split(std::string_view text, bool match_special, std::vector<TextSegment>& out) const;
@@ -65,6 +67,7 @@ class AddedVocabulary {
  private:
   AddedTokenMatcher raw_;         // "normalized": false tokens, matched first
   AddedTokenMatcher normalized_;  // "normalized": true tokens, matched in the gaps
+  bool has_non_special_ = false;
 };
 
 }  // namespace llamaq

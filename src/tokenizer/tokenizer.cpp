@@ -18,7 +18,7 @@ void Tokenizer::Impl::encode_into(std::string_view text, bool parse_special,
       definition.model.encode_piece(segment.substr(begin, end - begin), ids, scratch);
     });
   };
-  if (added.empty()) {
+  if (added.empty() || (!parse_special && !added.has_non_special_tokens())) {
     encode_text(text);
     return;
   }
