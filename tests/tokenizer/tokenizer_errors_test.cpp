@@ -3,6 +3,8 @@
 // invalid UTF-8 text, ids outside the vocabulary.
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 #include "tokenizer_test_support.h"
 
 namespace llamaq::testing {
@@ -151,6 +153,19 @@ TEST(TokenizerErrors, BrokenOrForeignRegex) {
   EXPECT_CONTAINS(with_regex("[^\\S]"), std::string("negated class escape inside [...]"));
   EXPECT_CONTAINS(with_regex("[a[b]]"), std::string("nested character class"));
   EXPECT_CONTAINS(with_regex("(\\s"), std::string("(at offset 91 of its PCRE2 translation)"));
+}
+
+// A pattern that backtracks exponentially exceeds PCRE2's step limit (even after the retry with a
+// raised limit): a clear error, never a wrong split or a hang.
+TEST(TokenizerErrors, CatastrophicRegexGivesAClearErrorQuickly) {
+  nlohmann::json json = small_tokenizer_json();
+  json["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(a|aa)+(?=b)|c";
+  const Tokenizer tokenizer = load_small(json);
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(error_of([&] { tokenizer.encode(std::string(40, 'a') + "c", false); }),
+            "small/tokenizer.json: pre_tokenizer.pretokenizers[0].pattern.Regex: matching the "
+            "Split regex failed at byte offset 0 of a 41-byte text: match limit exceeded");
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 10.0);
 }
 
 TEST(TokenizerErrors, ConfigProblems) {
