@@ -33,6 +33,9 @@ class Backend {
   virtual Tensor upload(const Tensor& host) = 0;
   virtual void copy_from_host(Tensor& dst, const void* src) = 0;  // dst.nbytes() bytes
   virtual void copy_to_host(const Tensor& src, void* dst) = 0;    // src.nbytes() bytes
+  // A projection weight for this backend: dense weights go through upload(); a backend that
+  // runs NF4 kernels copies the quantized tensors too (the CPU backend returns `host` as is).
+  virtual LinearWeight upload_linear(const LinearWeight& host) = 0;
 
   // Ops. Activations are f32; weights bf16, f16 or f32.
   virtual void embedding(const Tensor& table,  // [vocab, d]
