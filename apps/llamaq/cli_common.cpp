@@ -21,6 +21,7 @@ void add_model_options(CLI::App& command, ModelOptions& options) {
   command.add_flag("--quant-lm-head", options.quant_lm_head, "With --quant nf4, the LM head too");
   command.add_flag("--no-double-quant", options.no_double_quant,
                    "With --quant nf4, keep the block scales in float32");
+  command.add_option("--lora", options.lora_dir, "A PEFT LoRA adapter folder to apply");
 }
 
 LoadOptions load_options(const ModelOptions& options) {
@@ -30,6 +31,7 @@ LoadOptions load_options(const ModelOptions& options) {
   load.double_quant = !options.no_double_quant;
   load.threads = options.threads;
   load.progress = true;
+  load.lora_dir = options.lora_dir;
   return load;
 }
 

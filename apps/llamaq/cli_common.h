@@ -22,6 +22,7 @@ struct ModelOptions {
   std::string quant = "none";  // "none" or "nf4": quantize projections while loading
   bool quant_lm_head = false;
   bool no_double_quant = false;
+  std::string lora_dir;  // PEFT adapter to apply
 };
 
 void add_model_options(CLI::App& command, ModelOptions& options);

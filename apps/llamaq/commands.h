@@ -12,5 +12,6 @@ void register_tokenize(CLI::App& app);
 void register_quantize(CLI::App& app);
 void register_perplexity(CLI::App& app);
 void register_random_checkpoint(CLI::App& app);
+void register_merge(CLI::App& app);
 
 }  // namespace llamaq::cli

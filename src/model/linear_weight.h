@@ -9,9 +9,30 @@
 
 namespace llamaq {
 
+// A LoRA branch riding on a projection: y += scale * (x A^T) B^T (specs §6.4).
+struct LoraWeights {
+  Tensor a;         // [r, in] f32
+  Tensor b_scaled;  // [out, r] f32: B already multiplied by the scale (inference)
+  Tensor b;         // [out, r] f32: B as stored in the adapter
+  float scale = 1;  // alpha / r (or alpha / sqrt(r) with rsLoRA)
+  int64_t rank() const { return a.dim(0); }
+};
+
 struct LinearWeight {
   Tensor weight;                              // dense [out, in] bf16 | f16 | f32; empty if NF4
   std::shared_ptr<const nf4::Nf4Weight> nf4;  // set when the weight is 4-bit
+  std::shared_ptr<const LoraWeights> lora;    // optional adapter on top of either
+
+  static LinearWeight dense(Tensor w) {
+    LinearWeight out;
+    out.weight = std::move(w);
+    return out;
+  }
+  static LinearWeight quantized(std::shared_ptr<const nf4::Nf4Weight> w) {
+    LinearWeight out;
+    out.nf4 = std::move(w);
+    return out;
+  }
 
   bool quantized() const { return nf4 != nullptr; }
   int64_t out_features() const { return nf4 ? nf4->rows : weight.dim(0); }

@@ -7,7 +7,15 @@ namespace llamaq {
 namespace {
 
 LinearWeight upload(Backend& backend, const LinearWeight& w) {
-  return w.quantized() ? w : LinearWeight{backend.upload(w.weight), {}};
+  LinearWeight out = backend.upload_linear(w);
+  if (w.lora) {
+    auto lora = std::make_shared<LoraWeights>(*w.lora);
+    lora->a = backend.upload(w.lora->a);
+    lora->b_scaled = backend.upload(w.lora->b_scaled);
+    lora->b = backend.upload(w.lora->b);
+    out.lora = std::move(lora);
+  }
+  return out;
 }
 
 LlamaWeights upload_weights(Backend& backend, const LlamaWeights& host) {
@@ -28,7 +36,7 @@ LlamaWeights upload_weights(Backend& backend, const LlamaWeights& host) {
   }
   w.final_norm = backend.upload(host.final_norm);
   const bool tied = host.lm_head.weight.data() == host.embed_tokens.data();
-  w.lm_head = tied ? LinearWeight{w.embed_tokens, {}} : upload(backend, host.lm_head);
+  w.lm_head = tied ? LinearWeight::dense(w.embed_tokens) : upload(backend, host.lm_head);
   return w;
 }
 
@@ -65,6 +73,19 @@ LlamaModel::LlamaModel(const LlamaConfig& config, const LlamaWeights& host_weigh
   backend_.copy_from_host(inv_freq_, inv_freq.data());
 }
 
+// y = x W^T, plus the LoRA branch scale * (x A^T) B^T when the projection has one.
+void LlamaModel::linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
+  backend_.linear(x, w, out);
+  if (!w.lora) return;
+  const int64_t n = x.dim(0);
+  Tensor low_rank = backend_.alloc(DType::F32, {n, w.lora->rank()});
+  Tensor delta = backend_.alloc(DType::F32, {n, w.out_features()});
+  backend_.linear(x, LinearWeight::dense(w.lora->a), low_rank);
+  backend_.linear(low_rank, LinearWeight::dense(w.lora->b_scaled), delta);
+  Tensor out2 = out.reshaped({n, w.out_features()});
+  backend_.add_inplace(out2, delta);
+}
+
 void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
                            const KvLayerView& kv) {
   const LayerWeights& w = weights_.layers[size_t(layer)];
@@ -76,21 +97,21 @@ void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
   Tensor q2 = act.q.reshaped({n, config_.q_dim()});
   Tensor k2 = act.k.reshaped({n, config_.kv_dim()});
   Tensor v2 = act.v.reshaped({n, config_.kv_dim()});
-  b.linear(act.normed, w.q_proj, q2);
-  b.linear(act.normed, w.k_proj, k2);
-  b.linear(act.normed, w.v_proj, v2);
+  linear(act.normed, w.q_proj, q2);
+  linear(act.normed, w.k_proj, k2);
+  linear(act.normed, w.v_proj, v2);
   b.rope(act.q, positions, inv_freq_);
   b.rope(act.k, positions, inv_freq_);
   b.kv_store(act.k, act.v, positions, kv);
   b.attention(act.q, positions, kv, act.attn);
-  b.linear(act.attn, w.o_proj, act.proj);
+  linear(act.attn, w.o_proj, act.proj);
   b.add_inplace(act.x, act.proj);
 
   b.rmsnorm(act.x, w.post_attention_norm, eps, act.normed);
-  b.linear(act.normed, w.gate_proj, act.gate);
-  b.linear(act.normed, w.up_proj, act.up);
+  linear(act.normed, w.gate_proj, act.gate);
+  linear(act.normed, w.up_proj, act.up);
   b.swiglu(act.gate, act.up, act.gate);
-  b.linear(act.gate, w.down_proj, act.proj);
+  linear(act.gate, w.down_proj, act.proj);
   b.add_inplace(act.x, act.proj);
 }
 

@@ -33,6 +33,7 @@ class LlamaModel {
 
  private:
   struct Activations;
+  void linear(const Tensor& x, const LinearWeight& w, Tensor& out);
   void run_layer(int layer, Activations& act, const Tensor& positions, const KvLayerView& kv);
 
   LlamaConfig config_;

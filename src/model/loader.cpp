@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/resources.h"
+#include "model/lora.h"
 #include "model/weights.h"
 #include "quant/nf4_codec.h"
 
@@ -70,7 +71,7 @@ void quantize_weights(LlamaWeights& weights, const LoadOptions& options) {
   for (const auto& [name, linear] : todo) {
     bytes_before += linear->nbytes();
     auto q = std::make_shared<nf4::Nf4Weight>(nf4::quantize(linear->weight, options.double_quant, pool));
-    *linear = LinearWeight{Tensor(), std::move(q)};
+    *linear = LinearWeight::quantized(std::move(q));
     bytes_after += linear->nbytes();
     if (bar) bar->advance(1, name);
   }
@@ -97,6 +98,10 @@ LoadedModel load_model(const fs::path& dir, Backend& backend,
   loaded.weight_bytes = checkpoint.total_bytes();
   LlamaWeights weights = bind_llama_weights(loaded.config, checkpoint);
   if (options.quantize_nf4) quantize_weights(weights, options);
+  if (!options.lora_dir.empty()) {
+    attach_lora(weights, load_peft_adapter(options.lora_dir));
+    if (log) log(fmt::format("adapter {} attached", options.lora_dir.string()));
+  }
   loaded.model = std::make_unique<LlamaModel>(loaded.config, weights, backend);
   if (log) {
     const LlamaConfig& c = loaded.config;

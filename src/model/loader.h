@@ -34,6 +34,7 @@ struct LoadOptions {
   bool quantize_lm_head = false;
   int threads = 0;        // for quantizing; 0 = all hardware threads
   bool progress = false;  // progress bar on stderr while quantizing
+  std::filesystem::path lora_dir;  // a PEFT LoRA adapter to apply (empty: none)
 };
 
 // `log` receives one-line progress messages (may be empty).

@@ -34,11 +34,11 @@ class Binder {
 
   // A dense matrix, or (decided per tensor, as transformers does) a bitsandbytes 4-bit group.
   LinearWeight linear(const std::string& name, int64_t out, int64_t in) {
-    if (!nf4::is_bnb_quantized(checkpoint_, name)) return LinearWeight{bind(name, {out, in}), {}};
+    if (!nf4::is_bnb_quantized(checkpoint_, name)) return LinearWeight::dense(bind(name, {out, in}));
     std::vector<std::string> group;
     auto weight = std::make_shared<nf4::Nf4Weight>(nf4::read_bnb_weight(checkpoint_, name, out, in, group));
     used_.insert(group.begin(), group.end());
-    return LinearWeight{Tensor(), std::move(weight)};
+    return LinearWeight::quantized(std::move(weight));
   }
 
   // Every tensor must have been used, except stray rotary caches old converters wrote.
@@ -81,7 +81,7 @@ LlamaWeights bind_llama_weights(const LlamaConfig& c, const CheckpointTensors& c
     // Tied: the head is the embedding table. A stray lm_head.weight is checked and ignored, as
     // transformers re-ties it after loading.
     if (checkpoint.find("lm_head.weight").entry) binder.linear("lm_head.weight", c.vocab_size, c.hidden_size);
-    w.lm_head = LinearWeight{w.embed_tokens, {}};
+    w.lm_head = LinearWeight::dense(w.embed_tokens);
   } else {
     w.lm_head = binder.linear("lm_head.weight", c.vocab_size, c.hidden_size);
   }

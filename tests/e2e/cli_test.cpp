@@ -123,7 +123,8 @@ TEST(Cli, StopsAtTheEndOfSequenceToken) {
 
 TEST(Cli, HelpForEveryCommand) {
   for (const std::string command :
-       {"", "logits ", "generate ", "chat ", "tokenize ", "quantize ", "perplexity "}) {
+       {"", "logits ", "generate ", "chat ", "tokenize ", "quantize ", "perplexity ", "merge ",
+        "random-checkpoint "}) {
     const auto r = run_cli(command + "--help");
     EXPECT_EQ(r.exit_code, 0) << command;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << command;
@@ -276,6 +277,25 @@ TEST(Cli, PerplexityAndKlAgainstTheBf16Model) {
   EXPECT_NE(r.out.find("top-1 agreement"), std::string::npos) << r.out;
   const auto bad = run_cli("perplexity " + model_arg(kVocabModel) + " --file /nonexistent.txt");
   EXPECT_NE(bad.err.find("/nonexistent.txt"), std::string::npos) << bad.err;
+}
+
+TEST(Cli, LoraAdapterAndMerge) {
+  const std::string lora = (test::model_dir("tiny-llama31") / "lora").string();
+  const std::string gen = " --ids 5,6,7 -n 10 --temp 0 --ignore-eos";
+  const auto base = run_cli("generate " + model_arg("tiny-llama31") + gen);
+  const auto adapted = run_cli("generate " + model_arg("tiny-llama31") + " --lora " + lora + gen);
+  ASSERT_EQ(adapted.exit_code, 0) << adapted.err;
+  EXPECT_NE(adapted.err.find("adapter"), std::string::npos);
+  EXPECT_NE(base.out, adapted.out);  // the adapter (0.2-scale random weights) changes the output
+  test::TempDir dir;
+  const auto merged = dir / "merged";
+  auto r = run_cli("merge " + model_arg("tiny-llama31") + " --lora " + lora + " --out " +
+                   merged.string() + " --dtype f32");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto from_merged = run_cli("generate --model " + merged.string() + gen);
+  EXPECT_EQ(from_merged.out, adapted.out);  // greedy tokens agree: merged f32 = base + adapter
+  r = run_cli("generate " + model_arg("tiny-hd128-sharded") + " --lora " + lora + gen);
+  EXPECT_NE(r.err.find("do not fit"), std::string::npos) << r.err;
 }
 
 TEST(Cli, TextCommandsRejectBadInput) {
