@@ -1,0 +1,96 @@
+// The attention op entry: checks the tensors, fills AttentionParams and picks a path. Few
+// queries (decode, n <= kSplitKvMaxTokens) take the split-KV kernel, which spreads the keys of
+// each query over enough blocks to fill the GPU; prefill takes the flash kernel.
+#include <algorithm>
+#include <cmath>
+
+#include "backend/cuda/attention_kernels.h"
+#include "backend/cuda/ops.h"
+#include "backend/cuda/tensor_checks.h"
+
+namespace llamaq::cuda {
+namespace {
+
+constexpr int64_t kSplitKvMaxTokens = 4;
+constexpr int kMaxSplits = 64;
+constexpr int kMinKeysPerSplit = 32;
+
+AttentionParams make_params(const Tensor& q, const Tensor& positions, const KvLayerView& kv,
+                            Tensor& out) {
+  const char* op = "attention";
+  require_tensor(q, DType::F32, 3, op, "q");
+  const int64_t n = q.dim(0);
+  const int64_t n_heads = q.dim(1);
+  const int64_t head_dim = q.dim(2);
+  require_tensor(positions, DType::I32, 1, op, "positions");
+  require_shape(positions, {n}, op, "positions");
+  require_tensor(kv.k_blocks, DType::F32, 4, op, "k_blocks");
+  require_tensor(kv.v_blocks, DType::F32, 4, op, "v_blocks");
+  require_shape(kv.v_blocks, kv.k_blocks.shape(), op, "v_blocks");
+  require_tensor(kv.block_table, DType::I32, 1, op, "block_table");
+  const int64_t n_kv_heads = kv.k_blocks.dim(2);
+  require(kv.k_blocks.dim(1) == kv.block_size && kv.k_blocks.dim(3) == head_dim, op,
+          "q " + shape_to_string(q.shape()) + " does not fit the blocks " +
+              shape_to_string(kv.k_blocks.shape()));
+  require(n_kv_heads > 0 && n_heads % n_kv_heads == 0, op,
+          std::to_string(n_heads) + " query heads are not a multiple of " +
+              std::to_string(n_kv_heads) + " kv heads");
+  require(attention_head_dim_supported(int(head_dim)), op,
+          "head_dim " + std::to_string(head_dim) + " is not supported (16, 32, 64, 128)");
+  require_tensor(out, DType::F32, 2, op, "out");
+  require_shape(out, {n, n_heads * head_dim}, op, "out");
+  require(n <= 65535 && n_heads <= 65535, op, "more than 65535 tokens or heads in one call");
+  checked_int(kv.k_blocks.numel(), op, "KV cache elements per layer");
+  AttentionParams p{};
+  p.q = q.data_as<const float>();
+  p.positions = positions.data_as<const int32_t>();
+  p.k_blocks = kv.k_blocks.data_as<const float>();
+  p.v_blocks = kv.v_blocks.data_as<const float>();
+  p.block_table = kv.block_table.data_as<const int32_t>();
+  p.out = out.data_as<float>();
+  p.n_tokens = int(n);
+  p.n_heads = int(n_heads);
+  p.n_kv_heads = int(n_kv_heads);
+  p.group = int(n_heads / n_kv_heads);
+  p.block_size = int(kv.block_size);
+  p.head_dim = int(head_dim);
+  p.scale = float(1.0 / std::sqrt(double(head_dim)));  // as the CPU reference
+  return p;
+}
+
+// Enough splits for about two blocks per multiprocessor, no more than the cache can fill.
+int choose_splits(const CudaContext& ctx, const AttentionParams& p, int64_t max_keys) {
+  const int64_t items = int64_t(p.n_tokens) * p.n_heads;
+  const int64_t wanted = (2 * int64_t(ctx.multiprocessors()) + items - 1) / items;
+  const int64_t by_keys = (max_keys + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
+  return int(std::max<int64_t>(1, std::min<int64_t>({wanted, by_keys, kMaxSplits})));
+}
+
+void run_split_kv(CudaContext& ctx, const AttentionParams& p, const KvLayerView& kv) {
+  const int64_t max_keys = kv.block_table.dim(0) * kv.block_size;
+  const int n_splits = choose_splits(ctx, p, max_keys);
+  const int64_t items = int64_t(p.n_tokens) * p.n_heads * n_splits;
+  Tensor partial_out = ctx.empty(DType::F32, {items, p.head_dim}, "attention");
+  Tensor partial_stats = ctx.empty(DType::F32, {items, 2}, "attention");
+  const SplitKvWorkspace ws{partial_out.data_as<float>(), partial_stats.data_as<float>(),
+                            n_splits};
+  launch_attention_split_kv(p, ws, ctx.stream());
+}
+
+}  // namespace
+
+void attention(CudaContext& ctx, const Tensor& q, const Tensor& positions, const KvLayerView& kv,
+               Tensor& out, AttentionPath path) {
+  const AttentionParams p = make_params(q, positions, kv, out);
+  if (p.n_tokens == 0 || p.n_heads == 0) return;
+  if (path == AttentionPath::Auto) {
+    path = p.n_tokens <= kSplitKvMaxTokens ? AttentionPath::SplitKv : AttentionPath::Flash;
+  }
+  if (path == AttentionPath::SplitKv) {
+    run_split_kv(ctx, p, kv);
+  } else {
+    launch_attention_flash(p, ctx.stream());
+  }
+}
+
+}  // namespace llamaq::cuda

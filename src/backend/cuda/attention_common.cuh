@@ -1,0 +1,23 @@
+// Device helpers shared by the attention kernels: addressing a key/value row in the paged cache
+// and the online-softmax rescaling guard.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "backend/cuda/attention_kernels.h"
+
+namespace llamaq::cuda {
+
+// Offset (in floats) of the key or value vector of (position, kv head) in the block pool.
+__device__ __forceinline__ int64_t kv_offset(const AttentionParams& p, int position, int kv_head) {
+  const int64_t block = p.block_table[position / p.block_size];
+  const int64_t slot = block * p.block_size + position % p.block_size;
+  return (slot * p.n_kv_heads + kv_head) * p.head_dim;
+}
+
+// exp(a - b) where a may be -inf (no key seen yet): 0, never NaN (b is finite when used).
+__device__ __forceinline__ float exp_diff(float a, float b) {
+  return a == -INFINITY ? 0.0f : expf(a - b);
+}
+
+}  // namespace llamaq::cuda

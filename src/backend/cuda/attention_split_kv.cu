@@ -1,0 +1,181 @@
+// Split-KV causal GQA attention ("flash-decoding") for few queries over many keys: the keys a
+// query sees are cut into n_splits ranges, one block per (split, head, query). Inside a block,
+// groups of lanes (8, or head_dim/4 when smaller) each take one key at a time: the group reads
+// the key and value rows with 16-byte loads, reduces the dot product with shuffles and keeps its
+// own online-softmax state; the block merges its groups in shared memory and writes one partial
+// state per split, which combine_splits_kernel merges into the output.
+#include "backend/cuda/attention_common.cuh"
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_math.cuh"
+
+namespace llamaq::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+
+template <int D>
+struct SplitLayout {
+  static constexpr int kLanes = D / 4 < 8 ? D / 4 : 8;   // lanes per key
+  static constexpr int kVecs = D / (4 * kLanes);         // float4s per lane
+  static constexpr int kGroups = kThreads / kLanes;      // keys in flight per block
+  static_assert(D % (4 * kLanes) == 0 && 32 % kLanes == 0);
+};
+
+// The block's keys: split `split` of [0, positions[t] + 1), cut in near-equal ranges.
+__device__ int2 split_range(const AttentionParams& p, int t, int split, int n_splits) {
+  const int n_keys = p.positions[t] + 1;
+  const int chunk = (n_keys + n_splits - 1) / n_splits;
+  const int begin = min(n_keys, split * chunk);
+  return make_int2(begin, min(n_keys, begin + chunk));
+}
+
+__device__ __forceinline__ float dot4(float4 a, float4 b) {
+  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+
+__device__ __forceinline__ float4 scale_add(float4 o, float alpha, float w, float4 v) {
+  return make_float4(o.x * alpha + w * v.x, o.y * alpha + w * v.y, o.z * alpha + w * v.z,
+                     o.w * alpha + w * v.w);
+}
+
+// Merges the groups' states (m, l, o) in shared memory and writes the split's partial state.
+template <int D>
+__device__ void write_block_state(const AttentionParams& p, const SplitKvWorkspace& ws,
+                                  const float* m_s, const float* l_s, const float* o_s,
+                                  int64_t item) {
+  constexpr int kGroups = SplitLayout<D>::kGroups;
+  float m_max = -INFINITY;
+  for (int g = 0; g < kGroups; ++g) m_max = fmaxf(m_max, m_s[g]);
+  for (int d = threadIdx.x; d < D; d += kThreads) {
+    float acc = 0.0f;
+    for (int g = 0; g < kGroups; ++g) acc += o_s[g * D + d] * exp_diff(m_s[g], m_max);
+    ws.partial_out[item * D + d] = acc;
+  }
+  if (threadIdx.x == 0) {
+    float sum = 0.0f;
+    for (int g = 0; g < kGroups; ++g) sum += l_s[g] * exp_diff(m_s[g], m_max);
+    ws.partial_stats[2 * item] = m_max;
+    ws.partial_stats[2 * item + 1] = sum;
+  }
+}
+
+// Block (x = split, y = head, z = query).
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    split_kv_attention_kernel(AttentionParams p, SplitKvWorkspace ws) {
+  using L = SplitLayout<D>;
+  __shared__ float m_s[L::kGroups];
+  __shared__ float l_s[L::kGroups];
+  __shared__ __align__(16) float o_s[L::kGroups * D];
+  const int split = blockIdx.x;
+  const int head = blockIdx.y;
+  const int t = blockIdx.z;
+  const int group = threadIdx.x / L::kLanes;
+  const int sub = threadIdx.x % L::kLanes;
+  const int kv_head = head / p.group;
+  const int2 range = split_range(p, t, split, ws.n_splits);
+
+  float4 q[L::kVecs], o[L::kVecs];
+  const float* q_row = p.q + (int64_t(t) * p.n_heads + head) * D;
+#pragma unroll
+  for (int i = 0; i < L::kVecs; ++i) {
+    q[i] = *reinterpret_cast<const float4*>(q_row + 4 * (sub + L::kLanes * i));
+    o[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  float m = -INFINITY;
+  float l = 0.0f;
+  // Block-uniform trip count: every lane reaches the shuffles of every iteration.
+  for (int base = range.x; base < range.y; base += L::kGroups) {
+    const int key = base + group;
+    const bool valid = key < range.y;
+    float4 k[L::kVecs], v[L::kVecs];
+    if (valid) {
+      const int64_t offset = kv_offset(p, key, kv_head);
+#pragma unroll
+      for (int i = 0; i < L::kVecs; ++i) {
+        const int64_t at = offset + 4 * (sub + L::kLanes * i);
+        k[i] = *reinterpret_cast<const float4*>(p.k_blocks + at);
+        v[i] = *reinterpret_cast<const float4*>(p.v_blocks + at);
+      }
+    }
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < L::kVecs; ++i) dot += valid ? dot4(q[i], k[i]) : 0.0f;
+#pragma unroll
+    for (int offset = L::kLanes / 2; offset > 0; offset >>= 1) {
+      dot += __shfl_xor_sync(kFullMask, dot, offset);
+    }
+    if (!valid) continue;
+    const float score = dot * p.scale;
+    const float m_new = fmaxf(m, score);
+    const float alpha = exp_diff(m, m_new);
+    const float w = expf(score - m_new);
+    l = l * alpha + w;
+#pragma unroll
+    for (int i = 0; i < L::kVecs; ++i) o[i] = scale_add(o[i], alpha, w, v[i]);
+    m = m_new;
+  }
+#pragma unroll
+  for (int i = 0; i < L::kVecs; ++i) {
+    *reinterpret_cast<float4*>(o_s + group * D + 4 * (sub + L::kLanes * i)) = o[i];
+  }
+  if (sub == 0) {
+    m_s[group] = m;
+    l_s[group] = l;
+  }
+  __syncthreads();
+  const int64_t item = (int64_t(t) * p.n_heads + head) * ws.n_splits + split;
+  write_block_state<D>(p, ws, m_s, l_s, o_s, item);
+}
+
+// Block (x = head, y = query): out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+__global__ void combine_splits_kernel(AttentionParams p, SplitKvWorkspace ws) {
+  const int64_t first = (int64_t(blockIdx.y) * p.n_heads + blockIdx.x) * ws.n_splits;
+  const float* stats = ws.partial_stats + 2 * first;
+  float m_max = -INFINITY;
+  for (int s = 0; s < ws.n_splits; ++s) m_max = fmaxf(m_max, stats[2 * s]);
+  float total = 0.0f;
+  for (int s = 0; s < ws.n_splits; ++s) total += stats[2 * s + 1] * exp_diff(stats[2 * s], m_max);
+  float* out = p.out + (int64_t(blockIdx.y) * p.n_heads + blockIdx.x) * p.head_dim;
+  for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int s = 0; s < ws.n_splits; ++s) {
+      acc += ws.partial_out[(first + s) * p.head_dim + d] * exp_diff(stats[2 * s], m_max);
+    }
+    out[d] = acc / total;
+  }
+}
+
+template <int D>
+void launch_split_kv(const AttentionParams& p, const SplitKvWorkspace& ws, cudaStream_t stream) {
+  const dim3 grid(unsigned(ws.n_splits), unsigned(p.n_heads), unsigned(p.n_tokens));
+  split_kv_attention_kernel<D><<<grid, kThreads, 0, stream>>>(p, ws);
+  check_launch("attention", "split_kv_attention_kernel");
+}
+
+}  // namespace
+
+void launch_attention_split_kv(const AttentionParams& p, const SplitKvWorkspace& ws,
+                               cudaStream_t stream) {
+  switch (p.head_dim) {
+    case 16:
+      launch_split_kv<16>(p, ws, stream);
+      break;
+    case 32:
+      launch_split_kv<32>(p, ws, stream);
+      break;
+    case 64:
+      launch_split_kv<64>(p, ws, stream);
+      break;
+    case 128:
+      launch_split_kv<128>(p, ws, stream);
+      break;
+    default:
+      fail_op("attention", "no split-KV kernel for head_dim " + std::to_string(p.head_dim));
+  }
+  const dim3 grid(unsigned(p.n_heads), unsigned(p.n_tokens));
+  combine_splits_kernel<<<grid, 128, 0, stream>>>(p, ws);
+  check_launch("attention", "combine_splits_kernel");
+}
+
+}  // namespace llamaq::cuda

@@ -1,0 +1,63 @@
+// The CUDA backend: every op of backend.h on one NVIDIA GPU, on one stream owned by the backend.
+// Activations are f32 device tensors from a caching allocator; dense weights are copied as they
+// are (bf16/f16/f32) and NF4 weights as their packed tensors (upload_linear, or on first use when
+// linear() receives host NF4 tensors). Errors are llamaq::Error naming the op; a bad token id
+// found by the embedding kernel is raised at the next copy_to_host.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "backend/backend.h"
+#include "backend/cuda/cuda_context.h"
+
+namespace llamaq {
+
+// The CUDA backend on `device` (a CUDA device index). Throws when the device does not exist.
+std::unique_ptr<Backend> make_cuda_backend(int device = 0);
+
+namespace cuda {
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : ctx_(device) {}
+
+  std::string_view name() const override { return "cuda"; }
+  Device device() const override { return Device::Cuda; }
+
+  Tensor alloc(DType dtype, Shape shape) override;
+  Tensor upload(const Tensor& host) override;
+  LinearWeight upload_linear(const LinearWeight& host) override;
+  void copy_from_host(Tensor& dst, const void* src) override;
+  void copy_to_host(const Tensor& src, void* dst) override;
+
+  void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override;
+  void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;
+  void linear(const Tensor& x, const LinearWeight& w, Tensor& out) override;
+  void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) override;
+  void kv_store(const Tensor& k, const Tensor& v, const Tensor& positions,
+                const KvLayerView& kv) override;
+  void attention(const Tensor& q, const Tensor& positions, const KvLayerView& kv,
+                 Tensor& out) override;
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override;
+  void add_inplace(Tensor& x, const Tensor& y) override;
+
+  // For tests and benchmarks: the context, to call the ops' alternative paths directly.
+  CudaContext& context() { return ctx_; }
+  // The device copy of an NF4 weight (itself when its tensors are already on the device).
+  std::shared_ptr<const nf4::Nf4Weight> device_nf4(const std::shared_ptr<const nf4::Nf4Weight>& w);
+
+ private:
+  struct Nf4Upload {
+    std::shared_ptr<const nf4::Nf4Weight> host;  // keeps the key's address from being reused
+    std::shared_ptr<const nf4::Nf4Weight> device;
+  };
+
+  CudaContext ctx_;
+  std::mutex nf4_mutex_;
+  std::map<const nf4::Nf4Weight*, Nf4Upload> nf4_uploads_;
+};
+
+}  // namespace cuda
+}  // namespace llamaq

@@ -1,0 +1,56 @@
+// What every CUDA op needs: the device, the backend's one stream, the cuBLAS handle, the caching
+// allocator for scratch tensors and a small host-mapped status block through which kernels report
+// bad inputs (an out-of-range token id) without a synchronization on the hot path.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "backend/cuda/device_allocator.h"
+#include "core/tensor.h"
+
+namespace llamaq::cuda {
+
+// Written by kernels (host-mapped memory), read by the host after a synchronization.
+struct DeviceStatus {
+  int32_t bad_token_flag;   // 1 once an embedding lookup saw an id outside [0, vocab)
+  int32_t bad_token_id;     // the first such id
+  int32_t bad_token_vocab;  // the vocabulary size it was checked against
+};
+
+class CudaContext {
+ public:
+  explicit CudaContext(int device);
+  ~CudaContext();
+  CudaContext(const CudaContext&) = delete;
+  CudaContext& operator=(const CudaContext&) = delete;
+
+  int device() const { return device_; }
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t cublas() const { return cublas_; }
+  int multiprocessors() const { return multiprocessors_; }
+  DeviceStatus* device_status() const { return device_status_; }  // device view of the status
+
+  // A device tensor with undefined contents (scratch), or zero-filled on the stream.
+  Tensor empty(DType dtype, Shape shape, const char* op);
+  Tensor zeros(DType dtype, Shape shape, const char* op);
+
+  // Makes this context's device current on the calling thread.
+  void activate(const char* op) const;
+  // Waits for the stream, then throws for any error a kernel reported through the status block.
+  void synchronize(const char* op);
+
+ private:
+  int device_;
+  int multiprocessors_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  std::shared_ptr<DeviceAllocator> allocator_;
+  DeviceStatus* host_status_ = nullptr;
+  DeviceStatus* device_status_ = nullptr;
+};
+
+}  // namespace llamaq::cuda

@@ -1,0 +1,66 @@
+// kv_store: copies the keys and values of n tokens into the paged KV cache, token t going to
+// slot table[pos / block_size] * block_size + pos % block_size of the layer's block pool.
+#include "backend/cuda/ops.h"
+#include "backend/cuda/tensor_checks.h"
+
+namespace llamaq::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+struct KvStoreParams {
+  const float* k;             // [n, n_kv_heads, head_dim] f32
+  const float* v;             // [n, n_kv_heads, head_dim] f32
+  const int32_t* positions;   // [n] i32
+  const int32_t* block_table; // [max_blocks] i32
+  float* k_blocks;            // [n_blocks, block_size, n_kv_heads, head_dim] f32
+  float* v_blocks;            // [n_blocks, block_size, n_kv_heads, head_dim] f32
+  int64_t row;                // n_kv_heads * head_dim
+  int block_size;
+};
+
+// Block (x = token, y = chunk of the row).
+__global__ void kv_store_kernel(KvStoreParams p) {
+  const int64_t t = blockIdx.x;
+  const int pos = p.positions[t];
+  const int64_t slot = int64_t(p.block_table[pos / p.block_size]) * p.block_size +
+                       pos % p.block_size;
+  for (int64_t i = blockIdx.y * int64_t(kThreads) + threadIdx.x; i < p.row;
+       i += int64_t(gridDim.y) * kThreads) {
+    p.k_blocks[slot * p.row + i] = p.k[t * p.row + i];
+    p.v_blocks[slot * p.row + i] = p.v[t * p.row + i];
+  }
+}
+
+}  // namespace
+
+void kv_store(CudaContext& ctx, const Tensor& k, const Tensor& v, const Tensor& positions,
+              const KvLayerView& kv) {
+  const char* op = "kv_store";
+  require_tensor(k, DType::F32, 3, op, "k");
+  require_tensor(v, DType::F32, 3, op, "v");
+  require_shape(v, k.shape(), op, "v");
+  const int64_t n = k.dim(0);
+  require_tensor(positions, DType::I32, 1, op, "positions");
+  require_shape(positions, {n}, op, "positions");
+  require_tensor(kv.k_blocks, DType::F32, 4, op, "k_blocks");
+  require_tensor(kv.v_blocks, DType::F32, 4, op, "v_blocks");
+  require_shape(kv.v_blocks, kv.k_blocks.shape(), op, "v_blocks");
+  require_tensor(kv.block_table, DType::I32, 1, op, "block_table");
+  require(kv.k_blocks.dim(1) == kv.block_size && kv.k_blocks.dim(2) == k.dim(1) &&
+              kv.k_blocks.dim(3) == k.dim(2),
+          op, "k " + shape_to_string(k.shape()) + " does not fit the blocks " +
+                  shape_to_string(kv.k_blocks.shape()));
+  if (n == 0) return;
+  checked_int(n, op, "tokens");
+  checked_int(kv.block_size, op, "block_size");
+  const KvStoreParams p{k.data_as<const float>(),       v.data_as<const float>(),
+                        positions.data_as<const int32_t>(), kv.block_table.data_as<const int32_t>(),
+                        kv.k_blocks.data_as<float>(),   kv.v_blocks.data_as<float>(),
+                        k.dim(1) * k.dim(2),            int(kv.block_size)};
+  const dim3 grid(unsigned(n), grid_size(p.row, kThreads, 64));
+  kv_store_kernel<<<grid, kThreads, 0, ctx.stream()>>>(p);
+  check_launch(op, "kv_store_kernel");
+}
+
+}  // namespace llamaq::cuda

@@ -1,0 +1,87 @@
+// The NF4 linear op. Few tokens (decode) take the fused GEMV, which reads
+// the 4-bit weight once; more tokens dequantize the weight into a scratch matrix of its original
+// dtype (reused through the caching allocator) and run the dense cuBLAS path on it.
+#include <fmt/format.h>
+
+#include <cstring>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/nf4_params.h"
+#include "backend/cuda/ops.h"
+#include "backend/cuda/tensor_checks.h"
+
+namespace llamaq::cuda {
+namespace {
+
+Nf4Rounding rounding_of(DType dtype) {
+  switch (dtype) {
+    case DType::BF16:
+      return Nf4Rounding::Bf16;
+    case DType::F16:
+      return Nf4Rounding::F16;
+    default:
+      return Nf4Rounding::F32;
+  }
+}
+
+void require_device_nf4(const nf4::Nf4Weight& w) {
+  const char* op = "linear";
+  require_on_device(w.packed, op, "nf4 packed data");
+  require_on_device(w.absmax, op, "nf4 absmax");
+  if (w.double_quant) {
+    require_on_device(w.nested_absmax, op, "nf4 nested_absmax");
+    require_on_device(w.nested_map, op, "nf4 nested_map");
+  }
+}
+
+}  // namespace
+
+Nf4Params make_nf4_params(const nf4::Nf4Weight& w) {
+  require_device_nf4(w);
+  Nf4Params p{};
+  p.packed = w.packed.data_as<const uint8_t>();
+  p.absmax = w.double_quant ? nullptr : w.absmax.data_as<const float>();
+  p.absmax_codes = w.double_quant ? w.absmax.data_as<const uint8_t>() : nullptr;
+  p.nested_absmax = w.double_quant ? w.nested_absmax.data_as<const float>() : nullptr;
+  p.nested_map = w.double_quant ? w.nested_map.data_as<const float>() : nullptr;
+  p.nested_offset = w.nested_offset;
+  std::memcpy(p.code_table, w.code_table.data(), sizeof(p.code_table));
+  p.rows = w.rows;
+  p.cols = w.cols;
+  p.block_size = w.block_size;
+  p.nested_block_size = w.nested_block_size;
+  p.rounding = rounding_of(w.original_dtype);
+  p.double_quant = w.double_quant;
+  return p;
+}
+
+bool nf4_gemv_supported(const nf4::Nf4Weight& w) {
+  return w.cols % 32 == 0 && w.block_size % 32 == 0;
+}
+
+void linear_nf4(CudaContext& ctx, const Tensor& x, const nf4::Nf4Weight& w, Tensor& out,
+                Nf4Path path) {
+  const char* op = "linear";
+  require_tensor(x, DType::F32, 2, op, "x");
+  const int64_t n = x.dim(0);
+  require(x.dim(1) == w.cols, op,
+          fmt::format("x {} does not fit the NF4 weight [{}, {}]", shape_to_string(x.shape()),
+                      w.rows, w.cols));
+  require_tensor(out, DType::F32, 2, op, "out");
+  require_shape(out, {n, w.rows}, op, "out");
+  if (out.numel() == 0) return;
+  const bool aligned = reinterpret_cast<uintptr_t>(x.data()) % 16 == 0;
+  const bool gemv_ok = nf4_gemv_supported(w) && aligned && n <= kNf4GemvMaxTokens;
+  if (path == Nf4Path::Auto) path = gemv_ok ? Nf4Path::FusedGemv : Nf4Path::DequantizeGemm;
+  if (path == Nf4Path::FusedGemv) {
+    require(gemv_ok, op, "the fused NF4 GEMV needs cols % 32 == 0, aligned x and n <= 8");
+    launch_nf4_gemv(make_nf4_params(w), x.data_as<const float>(), out.data_as<float>(), int(n),
+                    ctx.stream());
+    return;
+  }
+  Tensor dense = ctx.empty(w.original_dtype, {w.rows, w.cols}, op);
+  dequantize_nf4(ctx, w, dense);
+  linear_dense(ctx, x, dense, out);
+}
+
+}  // namespace llamaq::cuda

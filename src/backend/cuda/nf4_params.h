@@ -1,0 +1,43 @@
+// The NF4 kernel family's parameters: one NF4 weight with device tensors, flattened into a plain
+// struct (code table by value), and the launchers of the fused GEMV and the dequantizer.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "quant/nf4.h"
+
+namespace llamaq::cuda {
+
+// What a dequantized value is rounded to (the weight's original dtype), as bitsandbytes does.
+enum class Nf4Rounding : int32_t { Bf16, F16, F32 };
+
+struct Nf4Params {
+  const uint8_t* packed;         // [ceil(rows * cols / 2)] u8, element 2i in the high nibble
+  const float* absmax;           // plain: [n_blocks] f32 block scales
+  const uint8_t* absmax_codes;   // double-quant: [n_blocks] u8 codes into nested_map
+  const float* nested_absmax;    // double-quant: [ceil(n_blocks / nested_block_size)] f32
+  const float* nested_map;       // double-quant: [256] f32
+  float nested_offset;           // double-quant: added after the product
+  float code_table[nf4::kCodes]; // the checkpoint's quant_map
+  int64_t rows;                  // out_features
+  int64_t cols;                  // in_features
+  int64_t block_size;
+  int64_t nested_block_size;
+  Nf4Rounding rounding;
+  bool double_quant;
+};
+
+// `w` must hold device tensors.
+Nf4Params make_nf4_params(const nf4::Nf4Weight& w);
+
+// out[t, j] = sum_i x[t, i] * dequant(W)[j, i] for n <= kNf4GemvMaxTokens, reading each weight
+// byte once. Needs cols % 32 == 0, block_size % 32 == 0 and 16-byte aligned x.
+constexpr int kNf4GemvMaxTokens = 8;
+void launch_nf4_gemv(const Nf4Params& p,
+                     const float* x,  // [n, cols] f32
+                     float* out,      // [n, rows] f32
+                     int n, cudaStream_t stream);
+
+}  // namespace llamaq::cuda

@@ -1,0 +1,56 @@
+// Precondition checks shared by the op entries: device, dtype, rank and shape of every tensor an
+// op receives, failing with a message that names the op and the tensor. fmt-free for .cu files.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "backend/cuda/cuda_check.h"
+#include "core/tensor.h"
+
+namespace llamaq::cuda {
+
+inline void require(bool condition, const char* op, const std::string& message) {
+  if (!condition) fail_op(op, message);
+}
+
+inline void require_on_device(const Tensor& t, const char* op, const char* name) {
+  require(t.device() == Device::Cuda, op, std::string(name) + " is not a CUDA tensor");
+  require(t.data() != nullptr || t.numel() == 0, op, std::string(name) + " has no data");
+}
+
+inline void require_tensor(const Tensor& t, DType dtype, int rank, const char* op,
+                           const char* name) {
+  require_on_device(t, op, name);
+  require(t.dtype() == dtype, op,
+          std::string(name) + " must be " + std::string(dtype_name(dtype)) + ", got " +
+              std::string(dtype_name(t.dtype())));
+  require(t.rank() == rank, op,
+          std::string(name) + " must have rank " + std::to_string(rank) + ", got shape " +
+              shape_to_string(t.shape()));
+}
+
+inline void require_shape(const Tensor& t, const Shape& shape, const char* op, const char* name) {
+  require(t.shape() == shape, op,
+          std::string(name) + " has shape " + shape_to_string(t.shape()) + ", expected " +
+              shape_to_string(shape));
+}
+
+inline bool is_float_weight(DType dtype) {
+  return dtype == DType::BF16 || dtype == DType::F16 || dtype == DType::F32;
+}
+
+// Kernel index arithmetic is 32-bit where a dimension allows it.
+inline int checked_int(int64_t value, const char* op, const char* what) {
+  require(value >= 0 && value <= std::numeric_limits<int32_t>::max(), op,
+          std::string(what) + " = " + std::to_string(value) + " does not fit 32-bit indexing");
+  return int(value);
+}
+
+inline unsigned grid_size(int64_t work, int block, int64_t max_blocks = 65535LL * 16) {
+  const int64_t blocks = (work + block - 1) / block;
+  return unsigned(blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks));
+}
+
+}  // namespace llamaq::cuda
