@@ -1,0 +1,76 @@
+// The QLoRA training model (CPU reference): a frozen base (bf16 or NF4) with trainable fp32 LoRA
+// adapters, forward with per-layer activation checkpointing (only each layer's input is kept;
+// the layer is recomputed inside backward), backward to the LoRA parameters only, and a
+// cross-entropy over the vocabulary computed in chunks so the full logits matrix never exists.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "io/peft_adapter.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace llamaq {
+
+// One trainable adapter: y += scale * (x A^T) B^T on the projection `module`.
+struct LoraParam {
+  std::string module;  // "model.layers.0.self_attn.q_proj"
+  Tensor a;            // [r, in] f32
+  Tensor b;            // [out, r] f32
+  Tensor grad_a;       // [r, in] f32
+  Tensor grad_b;       // [out, r] f32
+  float scale = 1;
+};
+
+inline constexpr int32_t kIgnoreLabel = -100;
+
+class LoraTrainModel {
+ public:
+  LoraTrainModel(LlamaConfig config, LlamaWeights base, int threads);
+  ~LoraTrainModel();
+
+  // Fresh adapters as PEFT initialises them: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 (seeded).
+  void init_lora(const LoraConfig& config, uint64_t seed);
+  // Adapters from a saved PEFT adapter (to continue training or to test against references).
+  void load_lora(const PeftAdapter& adapter);
+  std::vector<LoraParam>& params() { return params_; }
+  const LoraConfig& lora_config() const { return lora_config_; }
+  std::map<std::string, LoraTensors> lora_tensors() const;  // for save_peft_adapter
+
+  // Forward and backward of one sequence (positions 0..n-1). Labels are unshifted as in
+  // transformers: position t predicts labels[t + 1]; kIgnoreLabel targets are skipped. Adds
+  // d(loss)/d(param) to the gradients for loss = sum(CE) / normalizer and returns sum(CE).
+  double accumulate_gradients(std::span<const int32_t> ids, std::span<const int32_t> labels,
+                              double normalizer);
+  // Sum of CE over the sequence's targets, no gradients (eval loss).
+  double loss_sum(std::span<const int32_t> ids, std::span<const int32_t> labels);
+  void zero_grad();
+
+  // Logits [n, vocab] of one sequence with the adapters (tests).
+  std::vector<float> logits(std::span<const int32_t> ids);
+
+  const LlamaConfig& config() const { return config_; }
+  struct Cache;  // one layer's recomputed activations (defined in lora_model.cpp)
+  ThreadPool& pool() { return pool_; }
+
+ private:
+  struct Layer;
+  double head(const Tensor& x, std::span<const int32_t> labels, double normalizer, Tensor* dx,
+              std::vector<float>* logits_out);
+  double run(std::span<const int32_t> ids, std::span<const int32_t> labels, double normalizer,
+             bool backward, std::vector<float>* logits_out);
+
+  LlamaConfig config_;
+  LlamaWeights base_;
+  ThreadPool pool_;
+  LoraConfig lora_config_;
+  std::vector<LoraParam> params_;
+  std::vector<Layer> layers_;  // the projections of each layer with their adapters
+  Tensor inv_freq_;            // [head_dim / 2] f32
+};
+
+}  // namespace llamaq
