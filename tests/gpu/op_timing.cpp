@@ -55,7 +55,7 @@ double median_ms(cuda::CudaBackend& gpu, const std::function<void(int)>& op) {
 }
 
 void report(const char* name, double ms, double bytes, double flops) {
-  std::printf("| %-44s | %8.4f | %8.1f | %8.1f |\n", name, ms, bytes / ms / 1e6, flops / ms / 1e9);
+  std::printf("| %-44s | %8.4f | %8.1f | %8.2f |\n", name, ms, bytes / ms / 1e6, flops / ms / 1e9);
 }
 
 void time_linears(cuda::CudaBackend& gpu) {
@@ -114,7 +114,7 @@ void time_attention(cuda::CudaBackend& gpu) {
 
 int main() {
   llamaq::cuda::CudaBackend gpu(0);
-  std::printf("| op | ms | GB/s | GFLOP/s |\n|---|---|---|---|\n");
+  std::printf("| op | ms | GB/s | TFLOP/s |\n|---|---|---|---|\n");
   llamaq::time_linears(gpu);
   llamaq::time_attention(gpu);
   return 0;

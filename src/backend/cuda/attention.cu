@@ -58,10 +58,11 @@ AttentionParams make_params(const Tensor& q, const Tensor& positions, const KvLa
   return p;
 }
 
-// Enough splits for about two blocks per multiprocessor, no more than the cache can fill.
+// Enough splits for about eight blocks per multiprocessor (each block's key loop is latency
+// bound), no more than the cache can fill.
 int choose_splits(const CudaContext& ctx, const AttentionParams& p, int64_t max_keys) {
   const int64_t items = int64_t(p.n_tokens) * p.n_heads;
-  const int64_t wanted = (2 * int64_t(ctx.multiprocessors()) + items - 1) / items;
+  const int64_t wanted = (8 * int64_t(ctx.multiprocessors()) + items - 1) / items;
   const int64_t by_keys = (max_keys + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
   return int(std::max<int64_t>(1, std::min<int64_t>({wanted, by_keys, kMaxSplits})));
 }

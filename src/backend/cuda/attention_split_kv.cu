@@ -1,6 +1,6 @@
 // Split-KV causal GQA attention ("flash-decoding") for few queries over many keys: the keys a
 // query sees are cut into n_splits ranges, one block per (split, head, query). Inside a block,
-// groups of lanes (8, or head_dim/4 when smaller) each take one key at a time: the group reads
+// groups of lanes (8, or head_dim/4 when smaller) each take two keys at a time: the group reads
 // the key and value rows with 16-byte loads, reduces the dot product with shuffles and keeps its
 // own online-softmax state; the block merges its groups in shared memory and writes one partial
 // state per split, which combine_splits_kernel merges into the output.
@@ -36,6 +36,34 @@ __device__ __forceinline__ float dot4(float4 a, float4 b) {
 __device__ __forceinline__ float4 scale_add(float4 o, float alpha, float w, float4 v) {
   return make_float4(o.x * alpha + w * v.x, o.y * alpha + w * v.y, o.z * alpha + w * v.z,
                      o.w * alpha + w * v.w);
+}
+
+// This lane's float4s of the key and value rows of `key`.
+template <int D>
+__device__ __forceinline__ void load_kv_row(const AttentionParams& p, int key, int kv_head, int sub,
+                                            float4 (&k)[SplitLayout<D>::kVecs],
+                                            float4 (&v)[SplitLayout<D>::kVecs]) {
+  const int64_t offset = kv_offset(p, key, kv_head);
+#pragma unroll
+  for (int i = 0; i < SplitLayout<D>::kVecs; ++i) {
+    const int64_t at = offset + 4 * (sub + SplitLayout<D>::kLanes * i);
+    k[i] = *reinterpret_cast<const float4*>(p.k_blocks + at);
+    v[i] = *reinterpret_cast<const float4*>(p.v_blocks + at);
+  }
+}
+
+// Adds one key with `score` and value `v` to the running max m, sum of exps l and output o.
+template <int D>
+__device__ __forceinline__ void online_update(float score, const float4 (&v)[SplitLayout<D>::kVecs],
+                                              float& m, float& l,
+                                              float4 (&o)[SplitLayout<D>::kVecs]) {
+  const float m_new = fmaxf(m, score);
+  const float alpha = exp_diff(m, m_new);
+  const float w = expf(score - m_new);
+  l = l * alpha + w;
+#pragma unroll
+  for (int i = 0; i < SplitLayout<D>::kVecs; ++i) o[i] = scale_add(o[i], alpha, w, v[i]);
+  m = m_new;
 }
 
 // Merges the groups' states (m, l, o) in shared memory and writes the split's partial state.
@@ -84,36 +112,30 @@ __global__ void __launch_bounds__(kThreads)
   }
   float m = -INFINITY;
   float l = 0.0f;
-  // Block-uniform trip count: every lane reaches the shuffles of every iteration.
-  for (int base = range.x; base < range.y; base += L::kGroups) {
-    const int key = base + group;
-    const bool valid = key < range.y;
-    float4 k[L::kVecs], v[L::kVecs];
-    if (valid) {
-      const int64_t offset = kv_offset(p, key, kv_head);
+  // Two keys per group per iteration, both loaded before either is used. The trip count is
+  // block-uniform, so every lane reaches every shuffle.
+  for (int base = range.x; base < range.y; base += 2 * L::kGroups) {
+    const int key0 = base + group;
+    const int key1 = key0 + L::kGroups;
+    const bool valid0 = key0 < range.y;
+    const bool valid1 = key1 < range.y;
+    float4 k0[L::kVecs], v0[L::kVecs], k1[L::kVecs], v1[L::kVecs];
+    if (valid0) load_kv_row<D>(p, key0, kv_head, sub, k0, v0);
+    if (valid1) load_kv_row<D>(p, key1, kv_head, sub, k1, v1);
+    float dot0 = 0.0f;
+    float dot1 = 0.0f;
 #pragma unroll
-      for (int i = 0; i < L::kVecs; ++i) {
-        const int64_t at = offset + 4 * (sub + L::kLanes * i);
-        k[i] = *reinterpret_cast<const float4*>(p.k_blocks + at);
-        v[i] = *reinterpret_cast<const float4*>(p.v_blocks + at);
-      }
+    for (int i = 0; i < L::kVecs; ++i) {
+      dot0 += valid0 ? dot4(q[i], k0[i]) : 0.0f;
+      dot1 += valid1 ? dot4(q[i], k1[i]) : 0.0f;
     }
-    float dot = 0.0f;
-#pragma unroll
-    for (int i = 0; i < L::kVecs; ++i) dot += valid ? dot4(q[i], k[i]) : 0.0f;
 #pragma unroll
     for (int offset = L::kLanes / 2; offset > 0; offset >>= 1) {
-      dot += __shfl_xor_sync(kFullMask, dot, offset);
+      dot0 += __shfl_xor_sync(kFullMask, dot0, offset);
+      dot1 += __shfl_xor_sync(kFullMask, dot1, offset);
     }
-    if (!valid) continue;
-    const float score = dot * p.scale;
-    const float m_new = fmaxf(m, score);
-    const float alpha = exp_diff(m, m_new);
-    const float w = expf(score - m_new);
-    l = l * alpha + w;
-#pragma unroll
-    for (int i = 0; i < L::kVecs; ++i) o[i] = scale_add(o[i], alpha, w, v[i]);
-    m = m_new;
+    if (valid0) online_update<D>(dot0 * p.scale, v0, m, l, o);
+    if (valid1) online_update<D>(dot1 * p.scale, v1, m, l, o);
   }
 #pragma unroll
   for (int i = 0; i < L::kVecs; ++i) {

@@ -1,7 +1,8 @@
 // Device-side NF4 decoding shared by the GEMV and the dequantizer, bit-exact with
 // nf4::dequantize_rows: scale = absmax[b], or nested_map[q[b]] * nested_absmax[b / 256] + offset
 // rounded after the product and after the sum (__fmul_rn/__fadd_rn: no FMA contraction), then
-// value = round_to_original(code_table[code] * scale).
+// value = round_to_original(code_table[code] * scale). The rounding is a template parameter so
+// that the per-element code has no branches.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -11,8 +12,13 @@
 
 namespace llamaq::cuda {
 
+// Block of flattened element k.
+__device__ __forceinline__ unsigned nf4_block_of(const Nf4Params& p, int64_t k) {
+  return unsigned(k >> p.block_shift);
+}
+
 // `nested_map` may point to a shared-memory copy of p.nested_map.
-__device__ __forceinline__ float nf4_block_scale(const Nf4Params& p, int64_t block,
+__device__ __forceinline__ float nf4_block_scale(const Nf4Params& p, unsigned block,
                                                  const float* nested_map) {
   if (!p.double_quant) return p.absmax[block];
   const float product =
@@ -20,21 +26,21 @@ __device__ __forceinline__ float nf4_block_scale(const Nf4Params& p, int64_t blo
   return __fadd_rn(product, p.nested_offset);
 }
 
-__device__ __forceinline__ float nf4_round(float value, Nf4Rounding rounding) {
-  switch (rounding) {
-    case Nf4Rounding::Bf16:
-      return __bfloat162float(__float2bfloat16_rn(value));
-    case Nf4Rounding::F16:
-      return __half2float(__float2half_rn(value));
-    default:
-      return value;
+template <Nf4Rounding R>
+__device__ __forceinline__ float nf4_round(float value) {
+  if constexpr (R == Nf4Rounding::Bf16) {
+    return __bfloat162float(__float2bfloat16_rn(value));
+  } else if constexpr (R == Nf4Rounding::F16) {
+    return __half2float(__float2half_rn(value));
+  } else {
+    return value;
   }
 }
 
 // `code_table` may point to a shared-memory copy of p.code_table.
-__device__ __forceinline__ float nf4_value(const float* code_table, unsigned code, float scale,
-                                           Nf4Rounding rounding) {
-  return nf4_round(__fmul_rn(code_table[code], scale), rounding);
+template <Nf4Rounding R>
+__device__ __forceinline__ float nf4_value(const float* code_table, unsigned code, float scale) {
+  return nf4_round<R>(__fmul_rn(code_table[code], scale));
 }
 
 }  // namespace llamaq::cuda

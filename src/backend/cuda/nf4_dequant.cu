@@ -1,6 +1,7 @@
 // NF4 -> dense dequantization on the device (for prefill: the dense copy feeds a cuBLAS GEMM),
-// bit-exact with nf4::dequantize. One thread per packed byte (two elements, which always share a
-// block: block sizes are even); any shape, including an odd element count.
+// bit-exact with nf4::dequantize. The common case (element count a multiple of 8) takes 4 packed
+// bytes per thread and writes 8 values with 16-byte stores; any other shape, including an odd
+// element count, takes one packed byte (two elements, always in one block) per thread.
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/nf4_decode.cuh"
 #include "backend/cuda/ops.h"
@@ -11,27 +12,87 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ void store_value(__nv_bfloat16* out, float v) {
-  *out = __float2bfloat16_rn(v);  // exact: v is already a bf16 value
+template <typename T>
+struct OutputType;
+template <>
+struct OutputType<__nv_bfloat16> {
+  static constexpr Nf4Rounding kRounding = Nf4Rounding::Bf16;
+  static __device__ __nv_bfloat16 from(float v) { return __float2bfloat16_rn(v); }  // exact
+};
+template <>
+struct OutputType<__half> {
+  static constexpr Nf4Rounding kRounding = Nf4Rounding::F16;
+  static __device__ __half from(float v) { return __float2half_rn(v); }  // exact
+};
+template <>
+struct OutputType<float> {
+  static constexpr Nf4Rounding kRounding = Nf4Rounding::F32;
+  static __device__ float from(float v) { return v; }
+};
+
+__device__ __forceinline__ void load_tables(const Nf4Params& p, float* code_table,
+                                            float* nested_map) {
+  if (threadIdx.x < nf4::kCodes) code_table[threadIdx.x] = p.code_table[threadIdx.x];
+  if (p.double_quant) {
+    for (int i = threadIdx.x; i < nf4::kNestedCodes; i += kThreads) nested_map[i] = p.nested_map[i];
+  }
+  __syncthreads();
 }
-__device__ __forceinline__ void store_value(__half* out, float v) { *out = __float2half_rn(v); }
-__device__ __forceinline__ void store_value(float* out, float v) { *out = v; }
 
 template <typename T>
-__global__ void nf4_dequantize_kernel(Nf4Params p, T* out) {
+__global__ void __launch_bounds__(kThreads) nf4_dequantize_kernel(Nf4Params p, T* out) {
+  constexpr Nf4Rounding R = OutputType<T>::kRounding;
   __shared__ float code_table[nf4::kCodes];
-  if (threadIdx.x < nf4::kCodes) code_table[threadIdx.x] = p.code_table[threadIdx.x];
-  __syncthreads();
+  __shared__ float nested_map[nf4::kNestedCodes];
+  load_tables(p, code_table, nested_map);
   const int64_t elements = p.rows * p.cols;
   const int64_t bytes = (elements + 1) / 2;
   for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < bytes;
        i += int64_t(gridDim.x) * kThreads) {
     const int64_t k = 2 * i;
     const unsigned byte = p.packed[i];
-    const float scale = nf4_block_scale(p, k / p.block_size, p.nested_map);
-    store_value(out + k, nf4_value(code_table, byte >> 4, scale, p.rounding));
-    if (k + 1 < elements) store_value(out + k + 1, nf4_value(code_table, byte & 0xF, scale, p.rounding));
+    const float scale = nf4_block_scale(p, nf4_block_of(p, k), nested_map);
+    out[k] = OutputType<T>::from(nf4_value<R>(code_table, byte >> 4, scale));
+    if (k + 1 < elements) out[k + 1] = OutputType<T>::from(nf4_value<R>(code_table, byte & 0xF, scale));
   }
+}
+
+// Eight values (one 32-bit word of packed bytes) per thread; elements % 8 == 0.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) nf4_dequantize8_kernel(Nf4Params p, T* out) {
+  constexpr Nf4Rounding R = OutputType<T>::kRounding;
+  __shared__ float code_table[nf4::kCodes];
+  __shared__ float nested_map[nf4::kNestedCodes];
+  load_tables(p, code_table, nested_map);
+  const int64_t words = p.rows * p.cols / 8;
+  const unsigned* packed = reinterpret_cast<const unsigned*>(p.packed);
+  for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < words;
+       i += int64_t(gridDim.x) * kThreads) {
+    const unsigned word = __ldg(packed + i);
+    const float scale = nf4_block_scale(p, nf4_block_of(p, 8 * i), nested_map);
+    struct alignas(16) Values {
+      T v[8];
+    } values;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      values.v[2 * j] = OutputType<T>::from(nf4_value<R>(code_table, (word >> (8 * j + 4)) & 0xF, scale));
+      values.v[2 * j + 1] = OutputType<T>::from(nf4_value<R>(code_table, (word >> (8 * j)) & 0xF, scale));
+    }
+    const uint4* src = reinterpret_cast<const uint4*>(&values);
+    uint4* dst = reinterpret_cast<uint4*>(out + 8 * i);
+#pragma unroll
+    for (int j = 0; j < int(sizeof(Values) / sizeof(uint4)); ++j) dst[j] = src[j];
+  }
+}
+
+template <typename T>
+void launch_dequantize(const Nf4Params& p, T* out, int64_t elements, cudaStream_t stream) {
+  if (elements % 8 == 0) {
+    nf4_dequantize8_kernel<T><<<grid_size(elements / 8, kThreads), kThreads, 0, stream>>>(p, out);
+  } else {
+    nf4_dequantize_kernel<T><<<grid_size((elements + 1) / 2, kThreads), kThreads, 0, stream>>>(p, out);
+  }
+  check_launch("linear", "nf4_dequantize_kernel");
 }
 
 }  // namespace
@@ -41,20 +102,20 @@ void dequantize_nf4(CudaContext& ctx, const nf4::Nf4Weight& w, Tensor& out) {
   require_on_device(out, op, "dequantized weight");
   require(out.dtype() == w.original_dtype && out.shape() == Shape{w.rows, w.cols}, op,
           "the dequantized weight must be [rows, cols] of the weight's original dtype");
+  require(reinterpret_cast<uintptr_t>(out.data()) % 16 == 0, op,
+          "the dequantized weight must be 16-byte aligned");
   const Nf4Params p = make_nf4_params(w);
-  const unsigned blocks = grid_size(nf4::packed_bytes(w.elements()), kThreads);
   switch (w.original_dtype) {
     case DType::BF16:
-      nf4_dequantize_kernel<<<blocks, kThreads, 0, ctx.stream()>>>(p, out.data_as<__nv_bfloat16>());
+      launch_dequantize(p, out.data_as<__nv_bfloat16>(), w.elements(), ctx.stream());
       break;
     case DType::F16:
-      nf4_dequantize_kernel<<<blocks, kThreads, 0, ctx.stream()>>>(p, out.data_as<__half>());
+      launch_dequantize(p, out.data_as<__half>(), w.elements(), ctx.stream());
       break;
     default:
-      nf4_dequantize_kernel<<<blocks, kThreads, 0, ctx.stream()>>>(p, out.data_as<float>());
+      launch_dequantize(p, out.data_as<float>(), w.elements(), ctx.stream());
       break;
   }
-  check_launch(op, "nf4_dequantize_kernel");
 }
 
 }  // namespace llamaq::cuda

@@ -3,6 +3,7 @@
 // dtype (reused through the caching allocator) and run the dense cuBLAS path on it.
 #include <fmt/format.h>
 
+#include <bit>
 #include <cstring>
 
 #include "backend/cuda/cuda_check.h"
@@ -48,8 +49,14 @@ Nf4Params make_nf4_params(const nf4::Nf4Weight& w) {
   std::memcpy(p.code_table, w.code_table.data(), sizeof(p.code_table));
   p.rows = w.rows;
   p.cols = w.cols;
-  p.block_size = w.block_size;
-  p.nested_block_size = w.nested_block_size;
+  require(nf4::valid_block_size(w.block_size), "linear",
+          "nf4 block size " + std::to_string(w.block_size) + " is not a power of two in [32, 4096]");
+  require(w.blocks() < (int64_t(1) << 31) && w.nested_block_size > 0 &&
+              w.nested_block_size < (int64_t(1) << 31),
+          "linear", "nf4 weight has too many blocks for 32-bit block indexing");
+  p.block_size = int(w.block_size);
+  p.block_shift = std::countr_zero(uint64_t(w.block_size));
+  p.nested_block_size = unsigned(w.nested_block_size);
   p.rounding = rounding_of(w.original_dtype);
   p.double_quant = w.double_quant;
   return p;

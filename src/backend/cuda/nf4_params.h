@@ -23,8 +23,9 @@ struct Nf4Params {
   float code_table[nf4::kCodes]; // the checkpoint's quant_map
   int64_t rows;                  // out_features
   int64_t cols;                  // in_features
-  int64_t block_size;
-  int64_t nested_block_size;
+  int block_shift;               // log2(block_size): block sizes are powers of two
+  int block_size;
+  unsigned nested_block_size;
   Nf4Rounding rounding;
   bool double_quant;
 };

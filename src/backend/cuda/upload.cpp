@@ -27,7 +27,7 @@ std::shared_ptr<const nf4::Nf4Weight> upload_nf4(CudaContext& ctx, const nf4::Nf
   const auto bad = [&](const char* what) {
     fail_op(op, fmt::format("nf4 weight [{}, {}]: {}", host.rows, host.cols, what));
   };
-  if (host.rows <= 0 || host.cols <= 0 || host.block_size <= 0 || host.block_size % 2 != 0) {
+  if (host.rows <= 0 || host.cols <= 0 || !nf4::valid_block_size(host.block_size)) {
     bad("bad shape or block size");
   }
   if (!is_float_weight(host.original_dtype)) bad("original dtype is not bf16, f16 or f32");
