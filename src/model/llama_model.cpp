@@ -86,8 +86,8 @@ void LlamaModel::linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   backend_.add_inplace(out2, delta);
 }
 
-void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
-                           const KvLayerView& kv) {
+void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions, KvCache& cache,
+                           std::span<const BatchSlice> slices) {
   const LayerWeights& w = weights_.layers[size_t(layer)];
   const int64_t n = act.x.dim(0);
   const float eps = float(config_.rms_norm_eps);
@@ -102,8 +102,14 @@ void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
   linear(act.normed, w.v_proj, v2);
   b.rope(act.q, positions, inv_freq_);
   b.rope(act.k, positions, inv_freq_);
-  b.kv_store(act.k, act.v, positions, kv);
-  b.attention(act.q, positions, kv, act.attn);
+  // Attention is the one step per sequence: each reads its own blocks of the cache.
+  for (const BatchSlice& s : slices) {
+    const KvLayerView kv = cache.layer_view(layer, s.seq);
+    const Tensor pos = positions.slice_rows(s.begin, s.count);
+    b.kv_store(act.k.slice_rows(s.begin, s.count), act.v.slice_rows(s.begin, s.count), pos, kv);
+    Tensor out = act.attn.slice_rows(s.begin, s.count);
+    b.attention(act.q.slice_rows(s.begin, s.count), pos, kv, out);
+  }
   linear(act.attn, w.o_proj, act.proj);
   b.add_inplace(act.x, act.proj);
 
@@ -117,34 +123,56 @@ void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
 
 Tensor LlamaModel::forward(KvCache& cache, int seq, std::span<const int32_t> ids,
                            LogitsFor which) {
-  const int64_t n = int64_t(ids.size());
-  if (n == 0) fail("forward: no tokens");
-  for (int32_t id : ids) {
-    if (id < 0 || id >= config_.vocab_size) {
-      fail("token id {} is out of range for a vocabulary of {}", id, config_.vocab_size);
-    }
-  }
-  const int64_t start = cache.length(seq);
-  cache.reserve(seq, n);
+  const SequenceInput item{seq, ids};
+  return forward_batch(cache, std::span(&item, 1), which);
+}
 
-  std::vector<int32_t> host_positions(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) host_positions[size_t(i)] = int32_t(start + i);
+Tensor LlamaModel::forward_batch(KvCache& cache, std::span<const SequenceInput> items,
+                                 LogitsFor which) {
+  if (items.empty()) fail("forward: no sequences");
+  std::vector<BatchSlice> slices;
+  std::vector<int32_t> host_ids, host_positions;
+  for (const SequenceInput& item : items) {
+    if (item.ids.empty()) fail("forward: sequence {} has no tokens", item.seq);
+    for (int32_t id : item.ids) {
+      if (id < 0 || id >= config_.vocab_size) {
+        fail("token id {} is out of range for a vocabulary of {}", id, config_.vocab_size);
+      }
+    }
+    const int64_t start = cache.length(item.seq);
+    for (const BatchSlice& s : slices) {
+      if (s.seq == item.seq) fail("forward: sequence {} appears twice in one batch", item.seq);
+    }
+    slices.push_back({item.seq, int64_t(host_ids.size()), int64_t(item.ids.size())});
+    host_ids.insert(host_ids.end(), item.ids.begin(), item.ids.end());
+    for (size_t i = 0; i < item.ids.size(); ++i) host_positions.push_back(int32_t(start + int64_t(i)));
+  }
+  for (const SequenceInput& item : items) cache.reserve(item.seq, int64_t(item.ids.size()));
+  const int64_t n = int64_t(host_ids.size());
   Tensor positions = backend_.alloc(DType::I32, {n});
   backend_.copy_from_host(positions, host_positions.data());
   Tensor token_ids = backend_.alloc(DType::I32, {n});
-  backend_.copy_from_host(token_ids, ids.data());
+  backend_.copy_from_host(token_ids, host_ids.data());
 
   Activations act(backend_, config_, n);
   backend_.embedding(weights_.embed_tokens, token_ids, act.x);
   for (int layer = 0; layer < int(config_.num_hidden_layers); ++layer) {
-    run_layer(layer, act, positions, cache.layer_view(layer, seq));
+    run_layer(layer, act, positions, cache, slices);
   }
-  cache.advance(seq, n);
+  for (const SequenceInput& item : items) cache.advance(item.seq, int64_t(item.ids.size()));
 
-  const int64_t rows = which == LogitsFor::LastToken ? 1 : n;
-  const Tensor last = act.x.slice_rows(n - rows, rows);
+  // LastToken: one row per sequence (its last token); AllTokens: every row.
+  const float eps = float(config_.rms_norm_eps);
+  const int64_t rows = which == LogitsFor::LastToken ? int64_t(slices.size()) : n;
   Tensor normed = act.normed.slice_rows(0, rows);
-  backend_.rmsnorm(last, weights_.final_norm, float(config_.rms_norm_eps), normed);
+  if (which == LogitsFor::AllTokens) {
+    backend_.rmsnorm(act.x, weights_.final_norm, eps, normed);
+  } else {
+    for (size_t i = 0; i < slices.size(); ++i) {
+      Tensor row = normed.slice_rows(int64_t(i), 1);
+      backend_.rmsnorm(act.x.slice_rows(slices[i].begin + slices[i].count - 1, 1), weights_.final_norm, eps, row);
+    }
+  }
   Tensor logits = backend_.alloc(DType::F32, {rows, config_.vocab_size});
   backend_.linear(normed, weights_.lm_head, logits);
   return logits;

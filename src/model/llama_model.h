@@ -14,6 +14,12 @@ namespace llamaq {
 
 enum class LogitsFor { LastToken, AllTokens };
 
+// The next tokens of one sequence in a batched forward pass.
+struct SequenceInput {
+  int seq;
+  std::span<const int32_t> ids;
+};
+
 class LlamaModel {
  public:
   // Uploads the weights to the backend (a no-op for memory-mapped weights on the CPU).
@@ -27,14 +33,26 @@ class LlamaModel {
   // [1, vocab] f32 for LastToken, [ids.size(), vocab] f32 for AllTokens.
   Tensor forward(KvCache& cache, int seq, std::span<const int32_t> ids, LogitsFor which);
 
+  // Several sequences at once (continuous batching): the projections run over all their tokens
+  // together, so each weight is read once per step; attention runs per sequence over its own
+  // cache blocks. Logits: one row per sequence (its last token) for LastToken, [total tokens,
+  // vocab] in input order for AllTokens.
+  Tensor forward_batch(KvCache& cache, std::span<const SequenceInput> items, LogitsFor which);
+
   // forward() with the logits copied to the host, row-major [rows, vocab].
   std::vector<float> forward_to_host(KvCache& cache, int seq, std::span<const int32_t> ids,
                                      LogitsFor which);
 
  private:
   struct Activations;
+  struct BatchSlice {
+    int seq;
+    int64_t begin;  // first row of this sequence's tokens in the batch
+    int64_t count;
+  };
   void linear(const Tensor& x, const LinearWeight& w, Tensor& out);
-  void run_layer(int layer, Activations& act, const Tensor& positions, const KvLayerView& kv);
+  void run_layer(int layer, Activations& act, const Tensor& positions, KvCache& cache,
+                 std::span<const BatchSlice> slices);
 
   LlamaConfig config_;
   Backend& backend_;
