@@ -43,4 +43,20 @@ __device__ __forceinline__ float nf4_value(const float* code_table, unsigned cod
   return nf4_round<R>(__fmul_rn(code_table[code], scale));
 }
 
+// Two values at once: the 16-bit roundings pack two floats per conversion instruction
+// (round-to-nearest-even each, so the same values as nf4_value).
+template <Nf4Rounding R>
+__device__ __forceinline__ float2 nf4_value_pair(const float* code_table, unsigned code_a,
+                                                 unsigned code_b, float scale) {
+  const float a = __fmul_rn(code_table[code_a], scale);
+  const float b = __fmul_rn(code_table[code_b], scale);
+  if constexpr (R == Nf4Rounding::Bf16) {
+    return __bfloat1622float2(__floats2bfloat162_rn(a, b));
+  } else if constexpr (R == Nf4Rounding::F16) {
+    return __half22float2(__floats2half2_rn(a, b));
+  } else {
+    return make_float2(a, b);
+  }
+}
+
 }  // namespace llamaq::cuda

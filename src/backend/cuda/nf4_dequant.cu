@@ -75,8 +75,10 @@ __global__ void __launch_bounds__(kThreads) nf4_dequantize8_kernel(Nf4Params p, 
     } values;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      values.v[2 * j] = OutputType<T>::from(nf4_value<R>(code_table, (word >> (8 * j + 4)) & 0xF, scale));
-      values.v[2 * j + 1] = OutputType<T>::from(nf4_value<R>(code_table, (word >> (8 * j)) & 0xF, scale));
+      const float2 pair =
+          nf4_value_pair<R>(code_table, (word >> (8 * j + 4)) & 0xF, (word >> (8 * j)) & 0xF, scale);
+      values.v[2 * j] = OutputType<T>::from(pair.x);
+      values.v[2 * j + 1] = OutputType<T>::from(pair.y);
     }
     const uint4* src = reinterpret_cast<const uint4*>(&values);
     uint4* dst = reinterpret_cast<uint4*>(out + 8 * i);

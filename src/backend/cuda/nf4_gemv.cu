@@ -48,8 +48,10 @@ __device__ __forceinline__ void decode_word(unsigned word, float scale, const fl
                                             float (&w)[8]) {
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    w[2 * j] = nf4_value<R>(code_table, (word >> (8 * j + 4)) & 0xF, scale);
-    w[2 * j + 1] = nf4_value<R>(code_table, (word >> (8 * j)) & 0xF, scale);
+    const float2 pair =
+        nf4_value_pair<R>(code_table, (word >> (8 * j + 4)) & 0xF, (word >> (8 * j)) & 0xF, scale);
+    w[2 * j] = pair.x;
+    w[2 * j + 1] = pair.y;
   }
 }
 
