@@ -13,5 +13,6 @@ void register_quantize(CLI::App& app);
 void register_perplexity(CLI::App& app);
 void register_random_checkpoint(CLI::App& app);
 void register_merge(CLI::App& app);
+void register_finetune(CLI::App& app);
 
 }  // namespace llamaq::cli
