@@ -35,8 +35,10 @@ struct PagedCache {
 
   PagedCache(Backend& gpu, const AttentionCase& c, std::mt19937& rng) {
     const int64_t blocks = (c.start + c.n + kBlockSize - 1) / kBlockSize + 3;  // spare blocks
-    k_host = gpu_test::random_tensor(DType::F32, {blocks, kBlockSize, c.n_kv_heads, c.head_dim}, rng);
-    v_host = gpu_test::random_tensor(DType::F32, {blocks, kBlockSize, c.n_kv_heads, c.head_dim}, rng);
+    k_host =
+        gpu_test::random_tensor(DType::F32, {blocks, kBlockSize, c.n_kv_heads, c.head_dim}, rng);
+    v_host =
+        gpu_test::random_tensor(DType::F32, {blocks, kBlockSize, c.n_kv_heads, c.head_dim}, rng);
     std::vector<int32_t> table(static_cast<size_t>(blocks));
     std::iota(table.begin(), table.end(), 0);
     std::shuffle(table.begin(), table.end(), rng);
@@ -73,8 +75,8 @@ class CudaAttention : public gpu_test::GpuTest {
     const auto expected = host_values(gpu(), want);
     const Tensor q_gpu = gpu().upload(q);
     const Tensor positions_gpu = gpu().upload(positions);
-    for (cuda::AttentionPath path : {cuda::AttentionPath::Flash, cuda::AttentionPath::SplitKv,
-                                     cuda::AttentionPath::Auto}) {
+    for (cuda::AttentionPath path :
+         {cuda::AttentionPath::Flash, cuda::AttentionPath::SplitKv, cuda::AttentionPath::Auto}) {
       Tensor got = gpu_test::poisoned(gpu(), {c.n, c.n_heads * c.head_dim});
       cuda::attention(gpu().context(), q_gpu, positions_gpu, cache.gpu_view(), got, path);
       const double error = relative_error(host_values(gpu(), got), expected);
@@ -123,9 +125,9 @@ TEST_F(CudaAttention, UnsupportedHeadDimIsAnError) {
   PagedCache cache(gpu(), c, rng_);
   const Tensor q = gpu().alloc(DType::F32, {3, 2, 24});
   Tensor out = gpu().alloc(DType::F32, {3, 48});
-  EXPECT_THROW(gpu().attention(q, gpu().upload(gpu_test::int_tensor({0, 1, 2})), cache.gpu_view(),
-                               out),
-               Error);
+  EXPECT_THROW(
+      gpu().attention(q, gpu().upload(gpu_test::int_tensor({0, 1, 2})), cache.gpu_view(), out),
+      Error);
 }
 
 }  // namespace

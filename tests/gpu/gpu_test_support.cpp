@@ -11,7 +11,8 @@ namespace llamaq::gpu_test {
 std::string why_no_cuda_device() {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
-  if (status != cudaSuccess) return std::string("cudaGetDeviceCount: ") + cudaGetErrorString(status);
+  if (status != cudaSuccess)
+    return std::string("cudaGetDeviceCount: ") + cudaGetErrorString(status);
   if (count == 0) return "cudaGetDeviceCount found 0 devices";
   return {};
 }

@@ -28,9 +28,9 @@ struct Backends {
 Backends make_backends();
 
 // Skips the test when there is no CUDA device: the only reason a GPU test may skip.
-#define LLAMAQ_REQUIRE_CUDA_DEVICE()                                           \
-  do {                                                                         \
-    const std::string why = ::llamaq::gpu_test::why_no_cuda_device();          \
+#define LLAMAQ_REQUIRE_CUDA_DEVICE()                                               \
+  do {                                                                             \
+    const std::string why = ::llamaq::gpu_test::why_no_cuda_device();              \
     if (!why.empty()) GTEST_SKIP() << "no CUDA device, GPU test skipped: " << why; \
   } while (0)
 

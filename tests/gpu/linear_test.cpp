@@ -121,14 +121,16 @@ TEST_F(CudaLinear, Nf4DequantizeGemmMatchesTheCpu) {
       cuda::linear_nf4(gpu().context(), x_gpu, *gpu().device_nf4(w.nf4), got,
                        cuda::Nf4Path::DequantizeGemm);
       const auto expected = reference(x, w);
-      const std::string key = std::to_string(out) + "x" + std::to_string(in) + "_n" + std::to_string(n);
+      const std::string key =
+          std::to_string(out) + "x" + std::to_string(in) + "_n" + std::to_string(n);
       EXPECT_LE(record(key, relative_error(host_values(gpu(), got), expected)),
                 kBf16OperandTolerance)
           << key;
       // The backend's own choice, from host NF4 tensors (uploaded on first use).
       Tensor automatic = gpu_test::poisoned(gpu(), {n, out});
       gpu().linear(x_gpu, w, automatic);
-      EXPECT_LE(relative_error(host_values(gpu(), automatic), expected), kBf16OperandTolerance) << key;
+      EXPECT_LE(relative_error(host_values(gpu(), automatic), expected), kBf16OperandTolerance)
+          << key;
     }
   }
 }

@@ -36,10 +36,18 @@ std::vector<double> doubles(const Tensor& t) {
   std::vector<double> out(size_t(t.numel()));
   for (size_t i = 0; i < out.size(); ++i) {
     switch (t.dtype()) {
-      case DType::F64: out[i] = t.data_as<const double>()[i]; break;
-      case DType::I64: out[i] = double(t.data_as<const int64_t>()[i]); break;
-      case DType::I32: out[i] = t.data_as<const int32_t>()[i]; break;
-      default: out[i] = t.data_as<const float>()[i]; break;
+      case DType::F64:
+        out[i] = t.data_as<const double>()[i];
+        break;
+      case DType::I64:
+        out[i] = double(t.data_as<const int64_t>()[i]);
+        break;
+      case DType::I32:
+        out[i] = t.data_as<const int32_t>()[i];
+        break;
+      default:
+        out[i] = t.data_as<const float>()[i];
+        break;
     }
   }
   return out;
@@ -56,7 +64,8 @@ class GpuGolden : public ::testing::TestWithParam<std::string> {
     backends_ = gpu_test::make_backends();
     dir_ = gpu_test::model_dir(GetParam());
     loaded_ = load_model(dir_, *backends_.gpu);
-    reference_ = std::make_unique<SafetensorsFile>(SafetensorsFile::open(dir_ / "reference.safetensors"));
+    reference_ =
+        std::make_unique<SafetensorsFile>(SafetensorsFile::open(dir_ / "reference.safetensors"));
     json_ = read_json(dir_ / "reference.json");
   }
   void TearDown() override { RecordProperty("max_relative_error", std::to_string(worst_)); }
@@ -74,13 +83,14 @@ class GpuGolden : public ::testing::TestWithParam<std::string> {
   }
   std::vector<double> expected(int64_t length) const {
     const std::string all = "logits_" + std::to_string(length);
-    return doubles(reference_->tensor(all_positions(length) ? all : "logits_last_" + std::to_string(length)));
+    return doubles(
+        reference_->tensor(all_positions(length) ? all : "logits_last_" + std::to_string(length)));
   }
   void expect_close(const std::vector<float>& got, const std::vector<double>& want, int64_t r,
                     const std::string& where) {
     const int64_t vocab = loaded_.config.vocab_size;
-    const double error = relative_error(row(std::vector<double>(got.begin(), got.end()), r, vocab),
-                                        want);
+    const double error =
+        relative_error(row(std::vector<double>(got.begin(), got.end()), r, vocab), want);
     worst_ = std::max(worst_, error);
     EXPECT_LE(error, kLogitsTolerance) << where;
   }
@@ -98,8 +108,9 @@ TEST_P(GpuGolden, LogitsMatchTheReference) {
   for (int64_t length : lengths()) {
     KvCache cache(*backends_.gpu, loaded_.config, length);
     const bool all = all_positions(length);
-    const auto logits = loaded_.model->forward_to_host(cache, cache.add_sequence(), ids(length),
-                                                       all ? LogitsFor::AllTokens : LogitsFor::LastToken);
+    const auto logits =
+        loaded_.model->forward_to_host(cache, cache.add_sequence(), ids(length),
+                                       all ? LogitsFor::AllTokens : LogitsFor::LastToken);
     const auto want = expected(length);
     ASSERT_EQ(logits.size(), want.size());
     for (int64_t r = 0; r < int64_t(want.size()) / vocab; ++r) {
@@ -118,7 +129,8 @@ TEST_P(GpuGolden, IncrementalDecodeMatchesTheReference) {
   KvCache cache(*backends_.gpu, loaded_.config, length, /*block_size=*/16);
   const int seq = cache.add_sequence();
   const int64_t prefill = 5;
-  loaded_.model->forward(cache, seq, std::span(all_ids).first(size_t(prefill)), LogitsFor::LastToken);
+  loaded_.model->forward(cache, seq, std::span(all_ids).first(size_t(prefill)),
+                         LogitsFor::LastToken);
   for (int64_t t = prefill; t < length; ++t) {
     const auto logits = loaded_.model->forward_to_host(
         cache, seq, std::span(all_ids).subspan(size_t(t), 1), LogitsFor::LastToken);
@@ -156,8 +168,9 @@ TEST_P(GpuGolden, GreedyGenerationEqualsTheCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GpuGolden,
-                         ::testing::Values("tiny-llama31", "tiny-hd128-sharded", "tiny-llama3-vocab",
-                                           "tiny-hd128-sharded-bnb-nf4", "tiny-llama31-bnb-nf4-nodq"),
+                         ::testing::Values("tiny-llama31", "tiny-hd128-sharded",
+                                           "tiny-llama3-vocab", "tiny-hd128-sharded-bnb-nf4",
+                                           "tiny-llama31-bnb-nf4-nodq"),
                          [](const auto& param_info) {
                            std::string name = param_info.param;
                            std::replace(name.begin(), name.end(), '-', '_');

@@ -29,8 +29,10 @@ Tensor random_host(DType dtype, Shape shape, float scale) {
   Tensor t = Tensor::zeros(dtype, std::move(shape));
   std::uniform_real_distribution<float> u(-scale, scale);
   for (int64_t i = 0; i < t.numel(); ++i) {
-    if (dtype == DType::F32) t.data_as<float>()[i] = u(rng);
-    else t.data_as<uint16_t>()[i] = float_to_bf16(u(rng));
+    if (dtype == DType::F32)
+      t.data_as<float>()[i] = u(rng);
+    else
+      t.data_as<uint16_t>()[i] = float_to_bf16(u(rng));
   }
   return t;
 }
@@ -46,11 +48,13 @@ Timing time_op(cuda::CudaBackend& gpu, const std::function<void(int)>& op) {
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
-  for (int i = 0; i < 3; ++i) op(i);
+  for (int i = 0; i < 3; ++i)
+    op(i);
   cudaStreamSynchronize(stream);
   cudaEventRecord(start, stream);
   const auto host_start = std::chrono::steady_clock::now();
-  for (int i = 0; i < kCalls; ++i) op(i);
+  for (int i = 0; i < kCalls; ++i)
+    op(i);
   const auto host_end = std::chrono::steady_clock::now();
   cudaEventRecord(stop, stream);
   cudaEventSynchronize(stop);
@@ -85,11 +89,14 @@ void time_linears(cuda::CudaBackend& gpu) {
     const double flops = 2.0 * double(n * out * in);
     char name[96];
     std::snprintf(name, sizeof name, "linear nf4 %ldx%ld n=%ld", long(out), long(in), long(n));
-    report(name, time_op(gpu, [&](int i) { cuda::linear_nf4(gpu.context(), x, *nf4s[i % kCopies], y); }),
+    report(name,
+           time_op(gpu, [&](int i) { cuda::linear_nf4(gpu.context(), x, *nf4s[i % kCopies], y); }),
            nf4_bytes, flops);
     std::snprintf(name, sizeof name, "linear bf16 %ldx%ld n=%ld", long(out), long(in), long(n));
-    report(name, time_op(gpu, [&](int i) { cuda::linear_dense(gpu.context(), x, dense[i % kCopies], y); }),
-           2.0 * double(out * in), flops);
+    report(
+        name,
+        time_op(gpu, [&](int i) { cuda::linear_dense(gpu.context(), x, dense[i % kCopies], y); }),
+        2.0 * double(out * in), flops);
   }
 }
 
@@ -130,7 +137,8 @@ void time_small_ops(cuda::CudaBackend& gpu) {
     const Tensor w = gpu.upload(random_host(DType::BF16, {4096}, 1.0f));
     Tensor normed = gpu.alloc(DType::F32, {n, 4096});
     std::snprintf(name, sizeof name, "rmsnorm %ldx4096", long(n));
-    report(name, time_op(gpu, [&](int) { gpu.rmsnorm(h, w, 1e-5f, normed); }), 8.0 * double(n * 4096), 0);
+    report(name, time_op(gpu, [&](int) { gpu.rmsnorm(h, w, 1e-5f, normed); }),
+           8.0 * double(n * 4096), 0);
     Tensor q = gpu.upload(random_host(DType::F32, {n, 32, 128}, 1.0f));
     std::vector<int32_t> pos(static_cast<size_t>(n));
     std::iota(pos.begin(), pos.end(), 100);
@@ -138,7 +146,8 @@ void time_small_ops(cuda::CudaBackend& gpu) {
     gpu.copy_from_host(positions, pos.data());
     const Tensor freq = gpu.upload(random_host(DType::F32, {64}, 0.5f));
     std::snprintf(name, sizeof name, "rope %ldx32x128", long(n));
-    report(name, time_op(gpu, [&](int) { gpu.rope(q, positions, freq); }), 8.0 * double(n * 4096), 0);
+    report(name, time_op(gpu, [&](int) { gpu.rope(q, positions, freq); }), 8.0 * double(n * 4096),
+           0);
   }
 }
 

@@ -28,13 +28,15 @@ TEST_F(CudaOps, EmbeddingWidensRowsExactly) {
     const Tensor table_gpu = gpu().upload(table);
     for (int64_t n : kTokenCounts) {
       std::vector<int32_t> ids(static_cast<size_t>(n));
-      for (auto& id : ids) id = int32_t(rng() % 1001);
+      for (auto& id : ids)
+        id = int32_t(rng() % 1001);
       const Tensor ids_host = gpu_test::int_tensor(ids);
       Tensor want = cpu().alloc(DType::F32, {n, 97});
       cpu().embedding(table, ids_host, want);
       Tensor got = gpu_test::poisoned(gpu(), {n, 97});
       gpu().embedding(table_gpu, gpu().upload(ids_host), got);
-      EXPECT_EQ(host_values(gpu(), got), host_values(gpu(), want)) << dtype_name(dtype) << " n=" << n;
+      EXPECT_EQ(host_values(gpu(), got), host_values(gpu(), want))
+          << dtype_name(dtype) << " n=" << n;
     }
   }
 }
@@ -86,7 +88,8 @@ TEST_F(CudaOps, RopeMatchesTheCpu) {
     for (int64_t n : kTokenCounts) {
       Tensor x = gpu_test::random_tensor(DType::F32, {n, 3, head_dim}, rng);
       std::vector<int32_t> positions(static_cast<size_t>(n));
-      for (int64_t i = 0; i < n; ++i) positions[size_t(i)] = int32_t(5000 + 3 * i);
+      for (int64_t i = 0; i < n; ++i)
+        positions[size_t(i)] = int32_t(5000 + 3 * i);
       const Tensor pos = gpu_test::int_tensor(positions);
       Tensor got = gpu().upload(x);
       gpu().rope(got, gpu().upload(pos), gpu().upload(inv_freq));

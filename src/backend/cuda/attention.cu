@@ -73,8 +73,7 @@ void run_split_kv(CudaContext& ctx, const AttentionParams& p, const KvLayerView&
   const int64_t items = int64_t(p.n_tokens) * p.n_heads * n_splits;
   Tensor partial_out = ctx.empty(DType::F32, {items, p.head_dim}, "attention");
   Tensor partial_stats = ctx.empty(DType::F32, {items, 2}, "attention");
-  const SplitKvWorkspace ws{partial_out.data_as<float>(), partial_stats.data_as<float>(),
-                            n_splits};
+  const SplitKvWorkspace ws{partial_out.data_as<float>(), partial_stats.data_as<float>(), n_splits};
   launch_attention_split_kv(p, ws, ctx.stream());
 }
 

@@ -15,17 +15,17 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRowsPerWarp = 8;
 constexpr int kBlockQ = kWarps * kRowsPerWarp;  // queries per block
-constexpr int kBlockK = 32;                      // keys per tile: one per lane
+constexpr int kBlockK = 32;                     // keys per tile: one per lane
 
 template <int D>
 struct FlashLayout {
   static constexpr int kKStride = D + 4;  // padded K rows: lanes' float4 reads hit distinct banks
   static constexpr int kDimsPerLane = (D + 31) / 32;
-  static constexpr int kQ = 0;                                  // [kBlockQ][D]
-  static constexpr int kK = kQ + kBlockQ * D;                   // [kBlockK][kKStride]
-  static constexpr int kV = kK + kBlockK * kKStride;            // [kBlockK][D]
-  static constexpr int kP = kV + kBlockK * D;                   // [kBlockQ][kBlockK] probabilities
-  static constexpr int kPos = kP + kBlockQ * kBlockK;           // [kBlockQ] i32 positions
+  static constexpr int kQ = 0;                         // [kBlockQ][D]
+  static constexpr int kK = kQ + kBlockQ * D;          // [kBlockK][kKStride]
+  static constexpr int kV = kK + kBlockK * kKStride;   // [kBlockK][D]
+  static constexpr int kP = kV + kBlockK * D;          // [kBlockQ][kBlockK] probabilities
+  static constexpr int kPos = kP + kBlockQ * kBlockK;  // [kBlockQ] i32 positions
   static constexpr size_t kBytes = size_t(kPos + kBlockQ) * sizeof(float);
 };
 
@@ -72,7 +72,8 @@ template <int D>
 __device__ void score_tile(const float* q_rows, const float* k_tile, float (&s)[kRowsPerWarp]) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) s[r] = 0.0f;
+  for (int r = 0; r < kRowsPerWarp; ++r)
+    s[r] = 0.0f;
 #pragma unroll 4
   for (int d = 0; d < D; d += 4) {
     const float4 k = *reinterpret_cast<const float4*>(k_tile + lane * FlashLayout<D>::kKStride + d);
@@ -129,8 +130,10 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(AttentionPara
   int max_pos = -1;
   int my_pos[kRowsPerWarp];
 #pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) my_pos[r] = q_pos[warp * kRowsPerWarp + r];
-  for (int r = 0; r < kBlockQ; ++r) max_pos = max(max_pos, q_pos[r]);
+  for (int r = 0; r < kRowsPerWarp; ++r)
+    my_pos[r] = q_pos[warp * kRowsPerWarp + r];
+  for (int r = 0; r < kBlockQ; ++r)
+    max_pos = max(max_pos, q_pos[r]);
   const int n_keys = max_pos + 1;
 
   float m[kRowsPerWarp], l[kRowsPerWarp], o[kRowsPerWarp][L::kDimsPerLane];
@@ -139,7 +142,8 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(AttentionPara
     m[r] = -INFINITY;
     l[r] = 0.0f;  // this lane's share of the row's sum of exps
 #pragma unroll
-    for (int i = 0; i < L::kDimsPerLane; ++i) o[r][i] = 0.0f;
+    for (int i = 0; i < L::kDimsPerLane; ++i)
+      o[r][i] = 0.0f;
   }
   const float* q_rows = shared + L::kQ + warp * kRowsPerWarp * D;
   float* p_rows = shared + L::kP + warp * kRowsPerWarp * kBlockK;
@@ -161,7 +165,8 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(AttentionPara
       m[r] = m_new;
       l[r] = l[r] * alpha + prob;
 #pragma unroll
-      for (int i = 0; i < L::kDimsPerLane; ++i) o[r][i] *= alpha;
+      for (int i = 0; i < L::kDimsPerLane; ++i)
+        o[r][i] *= alpha;
       p_rows[r * kBlockK + lane] = prob;
     }
     __syncwarp();

@@ -22,7 +22,7 @@ struct AttentionParams {
   int group;       // query heads per kv head
   int block_size;  // positions per KV block
   int head_dim;
-  float scale;     // 1 / sqrt(head_dim)
+  float scale;  // 1 / sqrt(head_dim)
 };
 
 // Head dims with compiled kernels.

@@ -15,9 +15,9 @@ constexpr int kThreads = 128;
 
 template <int D>
 struct SplitLayout {
-  static constexpr int kLanes = D / 4 < 8 ? D / 4 : 8;   // lanes per key
-  static constexpr int kVecs = D / (4 * kLanes);         // float4s per lane
-  static constexpr int kGroups = kThreads / kLanes;      // keys in flight per block
+  static constexpr int kLanes = D / 4 < 8 ? D / 4 : 8;  // lanes per key
+  static constexpr int kVecs = D / (4 * kLanes);        // float4s per lane
+  static constexpr int kGroups = kThreads / kLanes;     // keys in flight per block
   static_assert(D % (4 * kLanes) == 0 && 32 % kLanes == 0);
 };
 
@@ -62,7 +62,8 @@ __device__ __forceinline__ void online_update(float score, const float4 (&v)[Spl
   const float w = expf(score - m_new);
   l = l * alpha + w;
 #pragma unroll
-  for (int i = 0; i < SplitLayout<D>::kVecs; ++i) o[i] = scale_add(o[i], alpha, w, v[i]);
+  for (int i = 0; i < SplitLayout<D>::kVecs; ++i)
+    o[i] = scale_add(o[i], alpha, w, v[i]);
   m = m_new;
 }
 
@@ -73,15 +74,18 @@ __device__ void write_block_state(const AttentionParams& p, const SplitKvWorkspa
                                   int64_t item) {
   constexpr int kGroups = SplitLayout<D>::kGroups;
   float m_max = -INFINITY;
-  for (int g = 0; g < kGroups; ++g) m_max = fmaxf(m_max, m_s[g]);
+  for (int g = 0; g < kGroups; ++g)
+    m_max = fmaxf(m_max, m_s[g]);
   for (int d = threadIdx.x; d < D; d += kThreads) {
     float acc = 0.0f;
-    for (int g = 0; g < kGroups; ++g) acc += o_s[g * D + d] * exp_diff(m_s[g], m_max);
+    for (int g = 0; g < kGroups; ++g)
+      acc += o_s[g * D + d] * exp_diff(m_s[g], m_max);
     ws.partial_out[item * D + d] = acc;
   }
   if (threadIdx.x == 0) {
     float sum = 0.0f;
-    for (int g = 0; g < kGroups; ++g) sum += l_s[g] * exp_diff(m_s[g], m_max);
+    for (int g = 0; g < kGroups; ++g)
+      sum += l_s[g] * exp_diff(m_s[g], m_max);
     ws.partial_stats[2 * item] = m_max;
     ws.partial_stats[2 * item + 1] = sum;
   }
@@ -155,9 +159,11 @@ __global__ void combine_splits_kernel(AttentionParams p, SplitKvWorkspace ws) {
   const int64_t first = (int64_t(blockIdx.y) * p.n_heads + blockIdx.x) * ws.n_splits;
   const float* stats = ws.partial_stats + 2 * first;
   float m_max = -INFINITY;
-  for (int s = 0; s < ws.n_splits; ++s) m_max = fmaxf(m_max, stats[2 * s]);
+  for (int s = 0; s < ws.n_splits; ++s)
+    m_max = fmaxf(m_max, stats[2 * s]);
   float total = 0.0f;
-  for (int s = 0; s < ws.n_splits; ++s) total += stats[2 * s + 1] * exp_diff(stats[2 * s], m_max);
+  for (int s = 0; s < ws.n_splits; ++s)
+    total += stats[2 * s + 1] * exp_diff(stats[2 * s], m_max);
   float* out = p.out + (int64_t(blockIdx.y) * p.n_heads + blockIdx.x) * p.head_dim;
   for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
     float acc = 0.0f;

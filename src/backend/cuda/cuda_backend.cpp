@@ -51,9 +51,9 @@ void CudaBackend::copy_from_host(Tensor& dst, const void* src) {
   require_on_device(dst, op, "dst");
   if (dst.nbytes() == 0) return;
   // From pageable memory the call returns once `src` has been staged, so `src` may go away.
-  check_cuda(cudaMemcpyAsync(dst.data(), src, size_t(dst.nbytes()), cudaMemcpyHostToDevice,
-                             ctx_.stream()),
-             op, "cudaMemcpyAsync");
+  check_cuda(
+      cudaMemcpyAsync(dst.data(), src, size_t(dst.nbytes()), cudaMemcpyHostToDevice, ctx_.stream()),
+      op, "cudaMemcpyAsync");
 }
 
 void CudaBackend::copy_to_host(const Tensor& src, void* dst) {

@@ -25,8 +25,8 @@ inline void check_launch(const char* op, const char* kernel) {
 
 inline void check_cublas(cublasStatus_t status, const char* op, const char* call) {
   if (status != CUBLAS_STATUS_SUCCESS) {
-    throw Error(std::string("cuda ") + op + ": " + call + " failed: " +
-                cublasGetStatusString(status));
+    throw Error(std::string("cuda ") + op + ": " + call +
+                " failed: " + cublasGetStatusString(status));
   }
 }
 

@@ -11,7 +11,8 @@ CudaContext::CudaContext(int device)
   int count = 0;
   check_cuda(cudaGetDeviceCount(&count), "init", "cudaGetDeviceCount");
   if (device < 0 || device >= count) {
-    throw Error(fmt::format("cuda init: device {} does not exist ({} CUDA devices)", device, count));
+    throw Error(
+        fmt::format("cuda init: device {} does not exist ({} CUDA devices)", device, count));
   }
   check_cuda(cudaSetDevice(device), "init", "cudaSetDevice");
   check_cuda(cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, device),

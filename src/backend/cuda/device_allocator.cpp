@@ -1,8 +1,8 @@
 #include "backend/cuda/device_allocator.h"
 
 #include <cuda_runtime.h>
-#include <algorithm>
 #include <fmt/format.h>
+#include <algorithm>
 
 #include "backend/cuda/cuda_check.h"
 
@@ -73,7 +73,8 @@ void DeviceAllocator::release(void* block, size_t bytes) {
 
 void DeviceAllocator::free_cached() {
   for (auto& [size, blocks] : free_blocks_) {
-    for (void* block : blocks) (void)cudaFree(block);
+    for (void* block : blocks)
+      (void)cudaFree(block);
   }
   free_blocks_.clear();
   cached_bytes_ = 0;

@@ -36,7 +36,9 @@ __global__ void add_kernel(BinaryParams p) {
 __device__ __forceinline__ void store_converted(__nv_bfloat16* out, float v) {
   *out = __float2bfloat16_rn(v);
 }
-__device__ __forceinline__ void store_converted(__half* out, float v) { *out = __float2half_rn(v); }
+__device__ __forceinline__ void store_converted(__half* out, float v) {
+  *out = __float2half_rn(v);
+}
 
 template <typename T>
 __global__ void convert_kernel(const float* in, T* out, int64_t numel) {
@@ -62,8 +64,8 @@ void check_binary(const Tensor& a, const Tensor& b, const Tensor& out, const cha
 void swiglu(CudaContext& ctx, const Tensor& gate, const Tensor& up, Tensor& out) {
   check_binary(gate, up, out, "swiglu");
   if (gate.numel() == 0) return;
-  const BinaryParams p{gate.data_as<const float>(), up.data_as<const float>(),
-                       out.data_as<float>(), gate.numel()};
+  const BinaryParams p{gate.data_as<const float>(), up.data_as<const float>(), out.data_as<float>(),
+                       gate.numel()};
   swiglu_kernel<<<grid_size(p.numel, kThreads), kThreads, 0, ctx.stream()>>>(p);
   check_launch("swiglu", "swiglu_kernel");
 }

@@ -10,9 +10,9 @@ namespace llamaq::cuda {
 namespace {
 
 struct EmbeddingParams {
-  const void* table;     // [vocab, d] bf16 | f16 | f32
-  const int32_t* ids;    // [n] i32
-  float* out;            // [n, d] f32
+  const void* table;   // [vocab, d] bf16 | f16 | f32
+  const int32_t* ids;  // [n] i32
+  float* out;          // [n, d] f32
   int64_t vocab;
   int64_t d;
   DeviceStatus* status;  // host-mapped: where a bad id is reported
@@ -28,11 +28,13 @@ __global__ void embedding_kernel(EmbeddingParams p) {
       p.status->bad_token_id = id;
       p.status->bad_token_vocab = int32_t(p.vocab);
     }
-    for (int64_t i = threadIdx.x; i < p.d; i += blockDim.x) row_out[i] = 0.0f;
+    for (int64_t i = threadIdx.x; i < p.d; i += blockDim.x)
+      row_out[i] = 0.0f;
     return;
   }
   const T* row = static_cast<const T*>(p.table) + int64_t(id) * p.d;
-  for (int64_t i = threadIdx.x; i < p.d; i += blockDim.x) row_out[i] = to_float(row[i]);
+  for (int64_t i = threadIdx.x; i < p.d; i += blockDim.x)
+    row_out[i] = to_float(row[i]);
 }
 
 void launch_embedding(const EmbeddingParams& p, DType dtype, int64_t n, cudaStream_t stream) {
@@ -65,8 +67,9 @@ void embedding(CudaContext& ctx, const Tensor& table, const Tensor& ids, Tensor&
   require_shape(out, {n, table.dim(1)}, op, "out");
   if (n == 0) return;
   checked_int(n, op, "tokens");
-  const EmbeddingParams p{table.data(), ids.data_as<const int32_t>(), out.data_as<float>(),
-                          table.dim(0), table.dim(1), ctx.device_status()};
+  const EmbeddingParams p{table.data(),         ids.data_as<const int32_t>(),
+                          out.data_as<float>(), table.dim(0),
+                          table.dim(1),         ctx.device_status()};
   launch_embedding(p, table.dtype(), n, ctx.stream());
 }
 

@@ -9,13 +9,13 @@ namespace {
 constexpr int kThreads = 256;
 
 struct KvStoreParams {
-  const float* k;             // [n, n_kv_heads, head_dim] f32
-  const float* v;             // [n, n_kv_heads, head_dim] f32
-  const int32_t* positions;   // [n] i32
-  const int32_t* block_table; // [max_blocks] i32
-  float* k_blocks;            // [n_blocks, block_size, n_kv_heads, head_dim] f32
-  float* v_blocks;            // [n_blocks, block_size, n_kv_heads, head_dim] f32
-  int64_t row;                // n_kv_heads * head_dim
+  const float* k;              // [n, n_kv_heads, head_dim] f32
+  const float* v;              // [n, n_kv_heads, head_dim] f32
+  const int32_t* positions;    // [n] i32
+  const int32_t* block_table;  // [max_blocks] i32
+  float* k_blocks;             // [n_blocks, block_size, n_kv_heads, head_dim] f32
+  float* v_blocks;             // [n_blocks, block_size, n_kv_heads, head_dim] f32
+  int64_t row;                 // n_kv_heads * head_dim
   int block_size;
 };
 
@@ -23,8 +23,8 @@ struct KvStoreParams {
 __global__ void kv_store_kernel(KvStoreParams p) {
   const int64_t t = blockIdx.x;
   const int pos = p.positions[t];
-  const int64_t slot = int64_t(p.block_table[pos / p.block_size]) * p.block_size +
-                       pos % p.block_size;
+  const int64_t slot =
+      int64_t(p.block_table[pos / p.block_size]) * p.block_size + pos % p.block_size;
   for (int64_t i = blockIdx.y * int64_t(kThreads) + threadIdx.x; i < p.row;
        i += int64_t(gridDim.y) * kThreads) {
     p.k_blocks[slot * p.row + i] = p.k[t * p.row + i];
@@ -49,15 +49,20 @@ void kv_store(CudaContext& ctx, const Tensor& k, const Tensor& v, const Tensor& 
   require_tensor(kv.block_table, DType::I32, 1, op, "block_table");
   require(kv.k_blocks.dim(1) == kv.block_size && kv.k_blocks.dim(2) == k.dim(1) &&
               kv.k_blocks.dim(3) == k.dim(2),
-          op, "k " + shape_to_string(k.shape()) + " does not fit the blocks " +
-                  shape_to_string(kv.k_blocks.shape()));
+          op,
+          "k " + shape_to_string(k.shape()) + " does not fit the blocks " +
+              shape_to_string(kv.k_blocks.shape()));
   if (n == 0) return;
   checked_int(n, op, "tokens");
   checked_int(kv.block_size, op, "block_size");
-  const KvStoreParams p{k.data_as<const float>(),       v.data_as<const float>(),
-                        positions.data_as<const int32_t>(), kv.block_table.data_as<const int32_t>(),
-                        kv.k_blocks.data_as<float>(),   kv.v_blocks.data_as<float>(),
-                        k.dim(1) * k.dim(2),            int(kv.block_size)};
+  const KvStoreParams p{k.data_as<const float>(),
+                        v.data_as<const float>(),
+                        positions.data_as<const int32_t>(),
+                        kv.block_table.data_as<const int32_t>(),
+                        kv.k_blocks.data_as<float>(),
+                        kv.v_blocks.data_as<float>(),
+                        k.dim(1) * k.dim(2),
+                        int(kv.block_size)};
   const dim3 grid(unsigned(n), grid_size(p.row, kThreads, 64));
   kv_store_kernel<<<grid, kThreads, 0, ctx.stream()>>>(p);
   check_launch(op, "kv_store_kernel");

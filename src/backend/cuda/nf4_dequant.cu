@@ -34,7 +34,8 @@ __device__ __forceinline__ void load_tables(const Nf4Params& p, float* code_tabl
                                             float* nested_map) {
   if (threadIdx.x < nf4::kCodes) code_table[threadIdx.x] = p.code_table[threadIdx.x];
   if (p.double_quant) {
-    for (int i = threadIdx.x; i < nf4::kNestedCodes; i += kThreads) nested_map[i] = p.nested_map[i];
+    for (int i = threadIdx.x; i < nf4::kNestedCodes; i += kThreads)
+      nested_map[i] = p.nested_map[i];
   }
   __syncthreads();
 }
@@ -53,7 +54,8 @@ __global__ void __launch_bounds__(kThreads) nf4_dequantize_kernel(Nf4Params p, T
     const unsigned byte = p.packed[i];
     const float scale = nf4_block_scale(p, nf4_block_of(p, k), nested_map);
     out[k] = OutputType<T>::from(nf4_value<R>(code_table, byte >> 4, scale));
-    if (k + 1 < elements) out[k + 1] = OutputType<T>::from(nf4_value<R>(code_table, byte & 0xF, scale));
+    if (k + 1 < elements)
+      out[k + 1] = OutputType<T>::from(nf4_value<R>(code_table, byte & 0xF, scale));
   }
 }
 
@@ -75,15 +77,16 @@ __global__ void __launch_bounds__(kThreads) nf4_dequantize8_kernel(Nf4Params p, 
     } values;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const float2 pair =
-          nf4_value_pair<R>(code_table, (word >> (8 * j + 4)) & 0xF, (word >> (8 * j)) & 0xF, scale);
+      const float2 pair = nf4_value_pair<R>(code_table, (word >> (8 * j + 4)) & 0xF,
+                                            (word >> (8 * j)) & 0xF, scale);
       values.v[2 * j] = OutputType<T>::from(pair.x);
       values.v[2 * j + 1] = OutputType<T>::from(pair.y);
     }
     const uint4* src = reinterpret_cast<const uint4*>(&values);
     uint4* dst = reinterpret_cast<uint4*>(out + 8 * i);
 #pragma unroll
-    for (int j = 0; j < int(sizeof(Values) / sizeof(uint4)); ++j) dst[j] = src[j];
+    for (int j = 0; j < int(sizeof(Values) / sizeof(uint4)); ++j)
+      dst[j] = src[j];
   }
 }
 
@@ -92,7 +95,8 @@ void launch_dequantize(const Nf4Params& p, T* out, int64_t elements, cudaStream_
   if (elements % 8 == 0) {
     nf4_dequantize8_kernel<T><<<grid_size(elements / 8, kThreads), kThreads, 0, stream>>>(p, out);
   } else {
-    nf4_dequantize_kernel<T><<<grid_size((elements + 1) / 2, kThreads), kThreads, 0, stream>>>(p, out);
+    nf4_dequantize_kernel<T>
+        <<<grid_size((elements + 1) / 2, kThreads), kThreads, 0, stream>>>(p, out);
   }
   check_launch("linear", "nf4_dequantize_kernel");
 }

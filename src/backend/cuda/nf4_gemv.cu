@@ -15,8 +15,8 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRowsPerWarp = 4;
 constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
-constexpr int kChunk = 32;               // elements per lane per step (16 bytes)
-constexpr int kStep = 32 * kChunk;       // columns a warp covers per step
+constexpr int kChunk = 32;          // elements per lane per step (16 bytes)
+constexpr int kStep = 32 * kChunk;  // columns a warp covers per step
 
 // One step of a lane: 16 packed bytes and the block scale of each of the warp's rows.
 struct Nf4Chunk {
@@ -31,15 +31,16 @@ __device__ __forceinline__ Nf4Chunk load_chunk(const Nf4Params& p, int64_t row0,
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int64_t k = (row0 + r) * p.cols + col;  // flattened element index, a multiple of 32
     const bool valid = row0 + r < p.rows && col < p.cols;
-    c.bytes[r] = valid ? __ldg(reinterpret_cast<const uint4*>(p.packed + k / 2)) : make_uint4(0, 0, 0, 0);
+    c.bytes[r] =
+        valid ? __ldg(reinterpret_cast<const uint4*>(p.packed + k / 2)) : make_uint4(0, 0, 0, 0);
     c.scale[r] = valid ? nf4_block_scale(p, nf4_block_of(p, k), nested_map) : 0.0f;
   }
   return c;
 }
 
 __device__ __forceinline__ float dot8(const float (&w)[8], float4 a, float4 b) {
-  return w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y +
-         w[6] * b.z + w[7] * b.w;
+  return w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z +
+         w[7] * b.w;
 }
 
 // The 8 values of one 32-bit word of a chunk: byte j holds elements 2j (high nibble) and 2j + 1.
@@ -68,7 +69,8 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float nested_map[nf4::kNestedCodes];
   if (threadIdx.x < nf4::kCodes) code_table[threadIdx.x] = p.code_table[threadIdx.x];
   if (p.double_quant) {
-    for (int i = threadIdx.x; i < nf4::kNestedCodes; i += kThreads) nested_map[i] = p.nested_map[i];
+    for (int i = threadIdx.x; i < nf4::kNestedCodes; i += kThreads)
+      nested_map[i] = p.nested_map[i];
   }
   __syncthreads();
   const int lane = threadIdx.x % 32;

@@ -49,8 +49,9 @@ Nf4Params make_nf4_params(const nf4::Nf4Weight& w) {
   std::memcpy(p.code_table, w.code_table.data(), sizeof(p.code_table));
   p.rows = w.rows;
   p.cols = w.cols;
-  require(nf4::valid_block_size(w.block_size), "linear",
-          "nf4 block size " + std::to_string(w.block_size) + " is not a power of two in [32, 4096]");
+  require(
+      nf4::valid_block_size(w.block_size), "linear",
+      "nf4 block size " + std::to_string(w.block_size) + " is not a power of two in [32, 4096]");
   require(w.blocks() < (int64_t(1) << 31) && w.nested_block_size > 0 &&
               w.nested_block_size < (int64_t(1) << 31),
           "linear", "nf4 weight has too many blocks for 32-bit block indexing");

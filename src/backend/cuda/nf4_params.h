@@ -14,16 +14,16 @@ namespace llamaq::cuda {
 enum class Nf4Rounding : int32_t { Bf16, F16, F32 };
 
 struct Nf4Params {
-  const uint8_t* packed;         // [ceil(rows * cols / 2)] u8, element 2i in the high nibble
-  const float* absmax;           // plain: [n_blocks] f32 block scales
-  const uint8_t* absmax_codes;   // double-quant: [n_blocks] u8 codes into nested_map
-  const float* nested_absmax;    // double-quant: [ceil(n_blocks / nested_block_size)] f32
-  const float* nested_map;       // double-quant: [256] f32
-  float nested_offset;           // double-quant: added after the product
-  float code_table[nf4::kCodes]; // the checkpoint's quant_map
-  int64_t rows;                  // out_features
-  int64_t cols;                  // in_features
-  int block_shift;               // log2(block_size): block sizes are powers of two
+  const uint8_t* packed;          // [ceil(rows * cols / 2)] u8, element 2i in the high nibble
+  const float* absmax;            // plain: [n_blocks] f32 block scales
+  const uint8_t* absmax_codes;    // double-quant: [n_blocks] u8 codes into nested_map
+  const float* nested_absmax;     // double-quant: [ceil(n_blocks / nested_block_size)] f32
+  const float* nested_map;        // double-quant: [256] f32
+  float nested_offset;            // double-quant: added after the product
+  float code_table[nf4::kCodes];  // the checkpoint's quant_map
+  int64_t rows;                   // out_features
+  int64_t cols;                   // in_features
+  int block_shift;                // log2(block_size): block sizes are powers of two
   int block_size;
   unsigned nested_block_size;
   Nf4Rounding rounding;

@@ -11,9 +11,9 @@ namespace {
 constexpr int kThreads = 256;
 
 struct RmsnormParams {
-  const float* x;        // [n, d] f32
-  const void* weight;    // [d] bf16 | f16 | f32
-  float* out;            // [n, d] f32
+  const float* x;      // [n, d] f32
+  const void* weight;  // [d] bf16 | f16 | f32
+  float* out;          // [n, d] f32
   int64_t d;
   float eps;
 };
@@ -27,7 +27,8 @@ __device__ double block_sum(double value) {
   __syncthreads();
   double total = 0;
 #pragma unroll
-  for (int w = 0; w < kThreads / 32; ++w) total += partial[w];
+  for (int w = 0; w < kThreads / 32; ++w)
+    total += partial[w];
   return total;
 }
 

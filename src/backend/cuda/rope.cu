@@ -12,11 +12,11 @@ namespace {
 constexpr int kThreads = 256;
 
 struct RopeParams {
-  float* x;                 // [n, heads, head_dim] f32, rotated in place
-  const int32_t* positions; // [n] i32
-  const float* inv_freq;    // [head_dim / 2] f32
+  float* x;                  // [n, heads, head_dim] f32, rotated in place
+  const int32_t* positions;  // [n] i32
+  const float* inv_freq;     // [head_dim / 2] f32
   int heads;
-  int half;                 // head_dim / 2
+  int half;  // head_dim / 2
 };
 
 __global__ void __launch_bounds__(kThreads) rope_kernel(RopeParams p) {

@@ -31,18 +31,18 @@ std::shared_ptr<const nf4::Nf4Weight> upload_nf4(CudaContext& ctx, const nf4::Nf
     bad("bad shape or block size");
   }
   if (!is_float_weight(host.original_dtype)) bad("original dtype is not bf16, f16 or f32");
-  if (host.packed.dtype() != DType::U8 || host.packed.numel() != nf4::packed_bytes(host.elements())) {
+  if (host.packed.dtype() != DType::U8 ||
+      host.packed.numel() != nf4::packed_bytes(host.elements())) {
     bad("packed data is not (rows*cols+1)/2 U8 bytes");
   }
   if (host.absmax.numel() != host.blocks()) bad("absmax does not hold one value per block");
   if (host.absmax.dtype() != (host.double_quant ? DType::U8 : DType::F32)) {
     bad("absmax has the wrong dtype for its quantization");
   }
-  if (host.double_quant && (host.nested_block_size <= 0 || host.nested_map.numel() != nf4::kNestedCodes ||
-                            host.nested_map.dtype() != DType::F32 ||
-                            host.nested_absmax.dtype() != DType::F32 ||
-                            host.nested_absmax.numel() !=
-                                nf4::block_count(host.blocks(), host.nested_block_size))) {
+  if (host.double_quant &&
+      (host.nested_block_size <= 0 || host.nested_map.numel() != nf4::kNestedCodes ||
+       host.nested_map.dtype() != DType::F32 || host.nested_absmax.dtype() != DType::F32 ||
+       host.nested_absmax.numel() != nf4::block_count(host.blocks(), host.nested_block_size))) {
     bad("nested_absmax or nested_map does not fit the blocks");
   }
   auto device = std::make_shared<nf4::Nf4Weight>(host);  // shape, flags, code table, offset
