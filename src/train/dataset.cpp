@@ -266,7 +266,8 @@ int32_t ExampleEncoder::eos_id() const {
 }
 
 int32_t ExampleEncoder::pad_id() const {
-  return tokenizer_.find_token(kFinetunePad).value_or(eos_id());
+  if (const std::optional<int32_t> pad = tokenizer_.find_token(kFinetunePad)) return *pad;
+  return eos_id();
 }
 
 const ChatFormat& ExampleEncoder::require_chat_format() const {

@@ -10,11 +10,12 @@
 //       Content is tokenized without special-token parsing, so data cannot forge turns.
 //   {"instruction": "...", "input": "..." (optional, may be null), "output": "..."}
 //       Alpaca. By default (AlpacaTemplate::kAuto) the chat format when the tokenizer has a chat
-//       template: the instruction (plus "\n\n" + input when there is one) is the user turn and the
-//       output the assistant turn, so the tuned model answers the same way in `llamaq chat` as it
-//       was trained, and the loss is on the output + <|eot_id|>. Without a chat template, the
-//       standard Stanford Alpaca prompt text (as artidoro/qlora's collator builds it):
-//       BOS + prompt (masked) + output + EOS (loss on output and EOS).
+//       template (an unsupported template is an error, never a guess): the instruction (plus "\n\n"
+//       + input when there is one) is the user turn and the output the assistant turn, so the tuned
+//       model answers the same way in `llamaq chat` as it was trained, and the loss is on the
+//       output + <|eot_id|>. Without a chat template, the standard Stanford Alpaca prompt text (as
+//       artidoro/qlora's collator builds it): BOS + prompt (masked) + output + EOS (loss on output
+//       and EOS).
 //   {"text": "..."}
 //       Plain text: BOS + text + EOS, loss on every token.
 //
@@ -23,7 +24,9 @@
 // encoded and must be a prefix of the whole conversation's ids; the assistant span runs from
 // there through the next <|eot_id|>. Tokens after the last assistant turn are dropped: they carry
 // no loss and, under causal attention, cannot change the loss of earlier tokens (this also drops
-// the assistant header the early Llama 3 template appends to every conversation).
+// the assistant header the early Llama 3 template appends to every conversation). The cost is
+// one extra encoding of the conversation so far per assistant turn: quadratic in the number of
+// turns, which is negligible for SFT conversations (a handful of turns).
 #pragma once
 
 #include <cstdint>
