@@ -14,5 +14,6 @@ void register_perplexity(CLI::App& app);
 void register_random_checkpoint(CLI::App& app);
 void register_merge(CLI::App& app);
 void register_finetune(CLI::App& app);
+void register_demo(CLI::App& app);
 
 }  // namespace llamaq::cli

@@ -81,8 +81,8 @@ void save_checkpoint(Run& run, const fs::path& dir) {
   write_file_atomic(dir / "trainer_state.json", state.dump(2) + "\n");
 }
 
+// The adapter itself is loaded in setup(); this restores the optimizer and the data position.
 void load_checkpoint(Run& run, const fs::path& dir) {
-  run.model->load_lora(load_peft_adapter(dir));
   const SafetensorsFile file = SafetensorsFile::open(dir / "optimizer.safetensors");
   auto& m = run.optimizer->moments();
   for (size_t i = 0; i < m.size(); ++i) {
@@ -116,7 +116,11 @@ void setup(Run& run) {
   run.model = std::make_unique<LoraTrainModel>(config, std::move(weights), o.threads);
   LoraConfig lora = o.lora;
   lora.base_model_name_or_path = o.model_dir.string();
-  run.model->init_lora(lora, o.batching.seed);
+  if (o.resume_dir.empty()) {
+    run.model->init_lora(lora, o.batching.seed);
+  } else {
+    run.model->load_lora(load_peft_adapter(o.resume_dir));
+  }
 
   const Tokenizer tokenizer = Tokenizer::from_model_dir(o.model_dir);
   const ExampleEncoder encoder(tokenizer);

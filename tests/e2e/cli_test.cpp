@@ -124,7 +124,7 @@ TEST(Cli, StopsAtTheEndOfSequenceToken) {
 TEST(Cli, HelpForEveryCommand) {
   for (const std::string command :
        {"", "logits ", "generate ", "chat ", "tokenize ", "quantize ", "perplexity ", "merge ",
-        "random-checkpoint "}) {
+        "random-checkpoint ", "finetune ", "demo "}) {
     const auto r = run_cli(command + "--help");
     EXPECT_EQ(r.exit_code, 0) << command;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << command;
@@ -296,6 +296,44 @@ TEST(Cli, LoraAdapterAndMerge) {
   EXPECT_EQ(from_merged.out, adapted.out);  // greedy tokens agree: merged f32 = base + adapter
   r = run_cli("generate " + model_arg("tiny-hd128-sharded") + " --lora " + lora + gen);
   EXPECT_NE(r.err.find("do not fit"), std::string::npos) << r.err;
+}
+
+TEST(Cli, FinetuneWritesAPeftAdapterAndResumesExactly) {
+  test::TempDir dir;
+  const std::string common = "finetune " + model_arg(kVocabModel) + " --data " +
+                             (test::data_dir() / "train/tiny-chat.jsonl").string() +
+                             " --steps 6 --micro-batch 2 --lr 1e-2 --lora-r 4 --eval-split 0.2 --eval-every 3 --seed 5";
+  auto full = run_cli(common + " --out " + (dir / "full").string() + " --save-every 3");
+  ASSERT_EQ(full.exit_code, 0) << full.err;
+  EXPECT_TRUE(std::filesystem::exists(dir / "full" / "adapter_model.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "full" / "checkpoint-3" / "optimizer.safetensors"));
+  const auto cfg = nlohmann::json::parse(test::read_bytes(dir / "full" / "adapter_config.json"));
+  EXPECT_EQ(cfg["r"], 4);
+  EXPECT_EQ(cfg["peft_type"], "LORA");
+  // metrics.jsonl: one object per optimizer step, eval loss every 3 steps.
+  std::istringstream metrics(test::read_bytes(dir / "full" / "metrics.jsonl"));
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line); ++lines) {
+    const auto m = nlohmann::json::parse(line);
+    EXPECT_EQ(m["step"], lines + 1);
+    EXPECT_EQ(m.contains("eval_loss"), (lines + 1) % 3 == 0);
+  }
+  EXPECT_EQ(lines, 6);
+  EXPECT_TRUE(std::filesystem::exists(dir / "full" / "metrics.csv"));
+  // Resuming from step 3 ends with the same adapter, bit for bit.
+  auto resumed = run_cli(common + " --out " + (dir / "resumed").string() + " --resume " +
+                         (dir / "full" / "checkpoint-3").string());
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_TRUE(test::read_bytes(dir / "resumed" / "adapter_model.safetensors") ==
+              test::read_bytes(dir / "full" / "adapter_model.safetensors"));
+  // The adapter drives generation through --lora.
+  const auto gen = run_cli("generate " + model_arg(kVocabModel) + " --lora " + (dir / "full").string() +
+                           " --chat --prompt 'What is the capital of France?' -n 4 --temp 0");
+  EXPECT_EQ(gen.exit_code, 0) << gen.err;
+  const auto bad = run_cli("finetune " + model_arg(kVocabModel) + " --data " +
+                           (test::data_dir() / "train/bad").string() + "/not_json.jsonl --out " +
+                           (dir / "bad").string());
+  EXPECT_NE(bad.exit_code, 0);
 }
 
 TEST(Cli, TextCommandsRejectBadInput) {
