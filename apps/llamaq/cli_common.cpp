@@ -5,6 +5,9 @@
 #include <random>
 
 #include "core/error.h"
+#ifdef LLAMAQ_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 #include "core/resources.h"
 
 namespace llamaq::cli {
@@ -22,6 +25,18 @@ void add_model_options(CLI::App& command, ModelOptions& options) {
   command.add_flag("--no-double-quant", options.no_double_quant,
                    "With --quant nf4, keep the block scales in float32");
   command.add_option("--lora", options.lora_dir, "A PEFT LoRA adapter folder to apply");
+  command.add_option("--device", options.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+}
+
+std::unique_ptr<Backend> make_backend(const ModelOptions& options) {
+  if (options.device == "cuda") {
+#ifdef LLAMAQ_HAVE_CUDA
+    return make_cuda_backend(0);
+#else
+    fail("--device cuda: this build has no CUDA backend (nvcc was not found when it was built)");
+#endif
+  }
+  return make_cpu_backend(options.threads);
 }
 
 LoadOptions load_options(const ModelOptions& options) {
@@ -37,7 +52,7 @@ LoadOptions load_options(const ModelOptions& options) {
 
 Engine load_engine(const ModelOptions& options) {
   Engine engine;
-  engine.backend = make_cpu_backend(options.threads);
+  engine.backend = make_backend(options);
   engine.loaded = load_model(options.model_dir, *engine.backend, log_line, load_options(options));
   return engine;
 }

@@ -23,7 +23,11 @@ struct ModelOptions {
   bool quant_lm_head = false;
   bool no_double_quant = false;
   std::string lora_dir;  // PEFT adapter to apply
+  std::string device = "cpu";  // cpu or cuda
 };
+
+// The backend the options ask for; cuda needs a build with nvcc.
+std::unique_ptr<Backend> make_backend(const ModelOptions& options);
 
 void add_model_options(CLI::App& command, ModelOptions& options);
 LoadOptions load_options(const ModelOptions& options);

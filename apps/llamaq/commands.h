@@ -15,5 +15,6 @@ void register_random_checkpoint(CLI::App& app);
 void register_merge(CLI::App& app);
 void register_finetune(CLI::App& app);
 void register_demo(CLI::App& app);
+void register_bench(CLI::App& app);
 
 }  // namespace llamaq::cli

@@ -1,6 +1,7 @@
 #include "model/random_checkpoint.h"
 
 #include <cmath>
+#include <map>
 
 #include "core/error.h"
 #include "core/progress.h"
@@ -105,6 +106,38 @@ json preset_config(const std::string& preset) {
     fail("unknown preset \"{}\" (llama3-8b, llama3.1-8b, llama3.2-1b, llama3.2-3b)", preset);
   }
   return c;
+}
+
+LlamaWeights random_weights(const LlamaConfig& config, uint64_t seed, int threads) {
+  ThreadPool pool(threads);
+  std::map<std::string, Tensor> tensors;
+  const std::vector<TensorPlan> plans = plan(config);
+  for (size_t index = 0; index < plans.size(); ++index) {
+    Tensor t = Tensor::zeros(DType::BF16, plans[index].shape);
+    fill(plans[index], seed * 0x9e3779b97f4a7c15ull + index, t.data_as<uint16_t>(), pool);
+    tensors[plans[index].name] = std::move(t);
+  }
+  auto take = [&](const std::string& name) { return tensors.at(name); };
+  LlamaWeights w;
+  w.embed_tokens = take("model.embed_tokens.weight");
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    LayerWeights l;
+    l.input_norm = take(p + "input_layernorm.weight");
+    l.q_proj = LinearWeight::dense(take(p + "self_attn.q_proj.weight"));
+    l.k_proj = LinearWeight::dense(take(p + "self_attn.k_proj.weight"));
+    l.v_proj = LinearWeight::dense(take(p + "self_attn.v_proj.weight"));
+    l.o_proj = LinearWeight::dense(take(p + "self_attn.o_proj.weight"));
+    l.post_attention_norm = take(p + "post_attention_layernorm.weight");
+    l.gate_proj = LinearWeight::dense(take(p + "mlp.gate_proj.weight"));
+    l.up_proj = LinearWeight::dense(take(p + "mlp.up_proj.weight"));
+    l.down_proj = LinearWeight::dense(take(p + "mlp.down_proj.weight"));
+    w.layers.push_back(std::move(l));
+  }
+  w.final_norm = take("model.norm.weight");
+  w.lm_head = config.tie_word_embeddings ? LinearWeight::dense(w.embed_tokens)
+                                         : LinearWeight::dense(take("lm_head.weight"));
+  return w;
 }
 
 int64_t write_random_checkpoint(const fs::path& out_dir, const std::string& preset,

@@ -9,6 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model/weights.h"
+
 namespace llamaq {
 
 // Names of the presets: llama3-8b, llama3.1-8b, llama3.2-1b, llama3.2-3b.
@@ -23,6 +25,10 @@ struct RandomCheckpointOptions {
   int64_t max_shard_bytes = int64_t(2) << 30;  // 2 GiB shards, each built in memory then written
   std::filesystem::path tokenizer_dir;         // tokenizer.json (+ config) to copy; may be empty
 };
+
+// The weights of a preset generated in memory (host bf16 tensors), as the checkpoint writer
+// would write them: for benchmarks that should not touch the disk.
+LlamaWeights random_weights(const LlamaConfig& config, uint64_t seed, int threads);
 
 // Writes the checkpoint; returns the bytes of tensor data. Weights are uniform with the variance
 // of N(0, 1/in_features) (embeddings N(0,1)-like, norms around 1), deterministic in the seed.

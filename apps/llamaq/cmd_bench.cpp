@@ -1,0 +1,163 @@
+// llamaq bench: prefill and decode speed of a checkpoint or a preset shape (random weights made in
+// memory), per weight format, with each figure next to its roofline quantity (bytes moved per
+// decoded token, FLOPs per prompt token), as a table and optionally JSON.
+#include <nlohmann/json.hpp>
+
+#include <iostream>
+#include <random>
+#include <sstream>
+
+#include "cli_common.h"
+#include "commands.h"
+#include "core/error.h"
+#include "core/resources.h"
+#include "io/atomic_file.h"
+#include "model/random_checkpoint.h"
+#include "model/weights.h"
+#include "runtime/sampler.h"
+
+namespace llamaq::cli {
+namespace {
+
+struct BenchOptions {
+  std::string model_dir;
+  std::string preset;
+  std::string device = "cpu";
+  std::string weights = "bf16,nf4";
+  int64_t prompt = 512;
+  int64_t gen = 64;
+  int threads = 0;
+  std::string json_file;
+};
+
+struct BenchRow {
+  std::string weights;
+  double prefill_tokens_per_s = 0;
+  double ttft_ms = 0;
+  double decode_tokens_per_s = 0;
+  double weight_gib = 0;         // bytes a decode step reads (projections + head)
+  double decode_gb_per_s = 0;    // weight bytes x decode tokens/s
+  double prefill_tflop_per_s = 0;
+};
+
+int64_t linear_params(const LlamaWeights& w) {
+  int64_t n = w.lm_head.out_features() * w.lm_head.in_features();
+  for (const LayerWeights& l : w.layers) {
+    for (const LinearWeight* p : {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj}) {
+      n += p->out_features() * p->in_features();
+    }
+  }
+  return n;
+}
+
+int64_t linear_bytes(const LlamaWeights& w) {
+  int64_t n = w.lm_head.nbytes();
+  for (const LayerWeights& l : w.layers) {
+    for (const LinearWeight* p : {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj}) {
+      n += p->nbytes();
+    }
+  }
+  return n;
+}
+
+BenchRow run_one(const BenchOptions& o, const LlamaConfig& config, LlamaWeights weights,
+                 const std::string& format, Backend& backend) {
+  if (format == "nf4") {
+    LoadOptions quant;
+    quant.quantize_nf4 = true;
+    quant.threads = o.threads;
+    quant.progress = true;
+    quantize_weights(weights, quant);
+  } else if (format != "bf16") {
+    fail("--weights: unknown format \"{}\" (bf16 or nf4)", format);
+  }
+  BenchRow row;
+  row.weights = format;
+  row.weight_gib = double(linear_bytes(weights)) / double(1 << 30);
+  LlamaModel model(config, weights, backend);
+  KvCache cache(backend, config, o.prompt + o.gen + 8);
+  std::mt19937 rng(7);
+  std::vector<int32_t> prompt(static_cast<size_t>(o.prompt));
+  for (int32_t& id : prompt) id = int32_t(rng() % uint32_t(config.vocab_size));
+  {  // warm-up: module loading, handles, allocator
+    const int seq = cache.add_sequence();
+    model.forward_to_host(cache, seq, std::span(prompt).first(std::min<size_t>(8, prompt.size())), LogitsFor::LastToken);
+    cache.remove_sequence(seq);
+  }
+  const int seq = cache.add_sequence();
+  const Stopwatch prefill;
+  std::vector<float> logits = model.forward_to_host(cache, seq, prompt, LogitsFor::LastToken);
+  const double prefill_s = prefill.seconds();
+  const Stopwatch decode;
+  for (int64_t i = 0; i < o.gen; ++i) {
+    const int32_t next[1] = {argmax(logits)};
+    logits = model.forward_to_host(cache, seq, next, LogitsFor::LastToken);
+  }
+  const double decode_s = decode.seconds();
+  row.prefill_tokens_per_s = double(o.prompt) / prefill_s;
+  row.ttft_ms = prefill_s * 1e3;
+  row.decode_tokens_per_s = double(o.gen) / decode_s;
+  row.decode_gb_per_s = double(linear_bytes(weights)) * row.decode_tokens_per_s / 1e9;
+  row.prefill_tflop_per_s = 2.0 * double(linear_params(weights)) * row.prefill_tokens_per_s / 1e12;
+  return row;
+}
+
+void run(const BenchOptions& o) {
+  if (o.model_dir.empty() == o.preset.empty()) fail("give exactly one of --model and --preset");
+  ModelOptions model_options;
+  model_options.device = o.device;
+  model_options.threads = o.threads;
+  std::unique_ptr<Backend> backend = make_backend(model_options);
+  LlamaConfig config;
+  LlamaWeights weights;
+  std::optional<CheckpointTensors> checkpoint;
+  if (!o.preset.empty()) {
+    config = parse_llama_config(preset_config(o.preset).dump(), o.preset);
+    log_line("making random " + o.preset + " weights in memory");
+    weights = random_weights(config, 1, o.threads);
+  } else {
+    config = load_llama_config(std::filesystem::path(o.model_dir) / "config.json");
+    checkpoint.emplace(CheckpointTensors::open(o.model_dir));
+    weights = bind_llama_weights(config, *checkpoint);
+  }
+  std::vector<BenchRow> rows;
+  std::stringstream formats(o.weights);
+  for (std::string format; std::getline(formats, format, ',');) {
+    rows.push_back(run_one(o, config, weights, format, *backend));
+  }
+  std::cout << fmt::format("\n{} on {} ({}), prompt {} tokens, {} decoded tokens, batch 1\n",
+                           o.preset.empty() ? o.model_dir : o.preset, backend->name(), o.device, o.prompt, o.gen);
+  std::cout << "| weights | prefill tok/s | TTFT ms | prefill TFLOP/s | decode tok/s | weights GiB | decode GB/s |\n"
+               "|---|---|---|---|---|---|---|\n";
+  nlohmann::json json = nlohmann::json::array();
+  for (const BenchRow& r : rows) {
+    std::cout << fmt::format("| {} | {:.1f} | {:.1f} | {:.2f} | {:.2f} | {:.2f} | {:.1f} |\n", r.weights,
+                             r.prefill_tokens_per_s, r.ttft_ms, r.prefill_tflop_per_s,
+                             r.decode_tokens_per_s, r.weight_gib, r.decode_gb_per_s);
+    json.push_back({{"weights", r.weights}, {"device", o.device}, {"prompt", o.prompt}, {"gen", o.gen},
+                    {"prefill_tokens_per_s", r.prefill_tokens_per_s}, {"ttft_ms", r.ttft_ms},
+                    {"prefill_tflop_per_s", r.prefill_tflop_per_s},
+                    {"decode_tokens_per_s", r.decode_tokens_per_s}, {"weight_gib", r.weight_gib},
+                    {"decode_gb_per_s", r.decode_gb_per_s}});
+  }
+  std::cout << fmt::format("peak host memory {:.1f} MiB", double(peak_resident_bytes()) / (1 << 20)) << std::endl;
+  if (!o.json_file.empty()) write_file_atomic(o.json_file, json.dump(2) + "\n");
+}
+
+}  // namespace
+
+void register_bench(CLI::App& app) {
+  auto o = std::make_shared<BenchOptions>();
+  CLI::App* cmd = app.add_subcommand("bench", "Prefill and decode speed, per weight format");
+  cmd->add_option("-m,--model", o->model_dir, "Checkpoint folder");
+  cmd->add_option("--preset", o->preset, "Random weights of a real shape: llama3-8b, llama3.1-8b, llama3.2-1b, llama3.2-3b");
+  cmd->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--weights", o->weights, "Comma-separated formats: bf16, nf4");
+  cmd->add_option("--prompt", o->prompt, "Prompt tokens")->check(CLI::PositiveNumber);
+  cmd->add_option("--gen", o->gen, "Decoded tokens")->check(CLI::PositiveNumber);
+  cmd->add_option("-t,--threads", o->threads, "CPU threads (0 = all)");
+  cmd->add_option("--json", o->json_file, "Also write the results as JSON");
+  cmd->callback([o] { run(*o); });
+}
+
+}  // namespace llamaq::cli
