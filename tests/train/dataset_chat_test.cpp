@@ -43,7 +43,7 @@ void expect_parts_concatenate(const Tokenizer& tokenizer, std::span<const ChatMe
 }
 
 TEST(ChatExamples, SingleTurnTrainsOnlyTheAnswerAndItsEndOfTurn) {
-  const Tokenizer& tokenizer = real_tokenizer("llama3");
+  const Tokenizer tokenizer = real_tokenizer("llama3");
   const std::vector<ChatMessage> messages = {{"user", "What is the capital of France?"},
                                              {"assistant", "The capital of France is Paris."}};
   const Example example = ExampleEncoder(tokenizer).encode_chat(messages);
@@ -58,7 +58,7 @@ TEST(ChatExamples, SingleTurnTrainsOnlyTheAnswerAndItsEndOfTurn) {
 
 TEST(ChatExamples, EarlyLlama3TemplateTrailingHeaderIsDropped) {
   // This template appends the assistant header to every conversation; it carries no loss.
-  const Tokenizer& tokenizer = real_tokenizer("llama3");
+  const Tokenizer tokenizer = real_tokenizer("llama3");
   ASSERT_TRUE(tokenizer.chat_format()->always_adds_generation_prompt());
   const std::vector<ChatMessage> messages = {{"user", "Hi"}, {"assistant", "Hello there."}};
   const Example example = ExampleEncoder(tokenizer).encode_chat(messages);
@@ -71,7 +71,7 @@ TEST(ChatExamples, EarlyLlama3TemplateTrailingHeaderIsDropped) {
 }
 
 TEST(ChatExamples, MultiTurnMasksEverySystemUserAndHeaderToken) {
-  const Tokenizer& tokenizer = real_tokenizer("llama3");
+  const Tokenizer tokenizer = real_tokenizer("llama3");
   const std::vector<ChatMessage> messages = {{"system", "You are terse."},
                                              {"user", "Name a colour."},
                                              {"assistant", "Blue."},
@@ -96,7 +96,7 @@ TEST(ChatExamples, MultiTurnMasksEverySystemUserAndHeaderToken) {
 }
 
 TEST(ChatExamples, Llama31SystemBlockIsMaskedAndIdsEqualTheWholeConversation) {
-  const Tokenizer& tokenizer = real_tokenizer("llama3_1");
+  const Tokenizer tokenizer = real_tokenizer("llama3_1");
   const std::vector<ChatMessage> messages = {
       {"system", "Be brief."}, {"user", "2+2?"}, {"assistant", "Four."}};
   const Example example = ExampleEncoder(tokenizer).encode_chat(messages);
@@ -111,7 +111,7 @@ TEST(ChatExamples, Llama31SystemBlockIsMaskedAndIdsEqualTheWholeConversation) {
 }
 
 TEST(ChatExamples, Llama31WithoutSystemMessageAndCustomDate) {
-  const Tokenizer& tokenizer = real_tokenizer("llama3_1");
+  const Tokenizer tokenizer = real_tokenizer("llama3_1");
   ExampleEncoderOptions options;
   options.chat.date_string = "01 Jan 2025";
   const std::vector<ChatMessage> messages = {{"user", "Hi"},
@@ -128,7 +128,7 @@ TEST(ChatExamples, Llama31WithoutSystemMessageAndCustomDate) {
 }
 
 TEST(ChatExamples, ContentIsTrimmedAndSpecialTokenTextStaysText) {
-  const Tokenizer& tokenizer = real_tokenizer("llama3_1");
+  const Tokenizer tokenizer = real_tokenizer("llama3_1");
   const std::vector<ChatMessage> messages = {
       {"user", "Say <|eot_id|><|start_header_id|>assistant<|end_header_id|> please"},
       {"assistant", "  Here: <|eot_id|> is just text.\n"}};
@@ -141,7 +141,7 @@ TEST(ChatExamples, ContentIsTrimmedAndSpecialTokenTextStaysText) {
 }
 
 TEST(ChatExamples, TurnsAfterTheLastAnswerAreDroppedAndConsecutiveAnswersBothTrain) {
-  const Tokenizer& tokenizer = real_tokenizer("llama3_1");
+  const Tokenizer tokenizer = real_tokenizer("llama3_1");
   const std::vector<ChatMessage> messages = {
       {"user", "Count."}, {"assistant", "One."}, {"assistant", "Two."}, {"user", "Stop."}};
   const Example example = ExampleEncoder(tokenizer).encode_chat(messages);
@@ -152,7 +152,7 @@ TEST(ChatExamples, TurnsAfterTheLastAnswerAreDroppedAndConsecutiveAnswersBothTra
 }
 
 TEST(ChatExamples, EmptyAnswerTrainsTheEndOfTurnOnly) {
-  const Tokenizer& tokenizer = real_tokenizer("llama3_1");
+  const Tokenizer tokenizer = real_tokenizer("llama3_1");
   const std::vector<ChatMessage> messages = {{"user", "Say nothing."}, {"assistant", ""}};
   const Example example = ExampleEncoder(tokenizer).encode_chat(messages);
   EXPECT_EQ(trainable_spans(tokenizer, example), std::vector<std::string>{"<|eot_id|>"});

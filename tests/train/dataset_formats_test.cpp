@@ -24,7 +24,7 @@ Example parse(const ExampleEncoder& encoder, std::string_view line) {
 }
 
 TEST(AlpacaExamples, ChatFormatPutsInstructionAndInputInTheUserTurn) {
-  const Tokenizer& tokenizer = real_tokenizer("llama3_1");
+  const Tokenizer tokenizer = real_tokenizer("llama3_1");
   const ExampleEncoder encoder(tokenizer);
   const Example example = encoder.encode_alpaca("Translate to French.", "cat", "chat");
   const std::vector<ChatMessage> as_chat = {{"user", "Translate to French.\n\ncat"},
@@ -37,7 +37,7 @@ TEST(AlpacaExamples, ChatFormatPutsInstructionAndInputInTheUserTurn) {
 }
 
 TEST(AlpacaExamples, PromptTemplateMasksThePromptAndTrainsOutputAndEos) {
-  const Tokenizer& tokenizer = real_tokenizer("llama3_1");
+  const Tokenizer tokenizer = real_tokenizer("llama3_1");
   ExampleEncoderOptions options;
   options.alpaca_template = AlpacaTemplate::kAlpacaPrompt;
   const ExampleEncoder encoder(tokenizer, options);
@@ -80,7 +80,7 @@ TEST(AlpacaExamples, NullOrMissingInputMeansNoInput) {
 }
 
 TEST(TextExamples, BosTextEosWithLossEverywhere) {
-  const Tokenizer& tokenizer = real_tokenizer("llama3");
+  const Tokenizer tokenizer = real_tokenizer("llama3");
   const ExampleEncoder encoder(tokenizer);
   const Example example = encoder.encode_text("Hello world <|eot_id|>");
   std::vector<int32_t> expected = {kBos};
@@ -131,7 +131,7 @@ TEST(CountLossTokens, PositionZeroIsNeverATarget) {
 }
 
 TEST(LoadJsonl, BundledTinyChatSet) {
-  const Tokenizer& tokenizer = real_tokenizer("llama3");
+  const Tokenizer tokenizer = real_tokenizer("llama3");
   const std::vector<Example> examples =
       load_jsonl_examples(train_data_dir() / "tiny-chat.jsonl", ExampleEncoder(tokenizer));
   ASSERT_EQ(examples.size(), 16u);
@@ -149,7 +149,7 @@ TEST(LoadJsonl, BundledTinyChatSet) {
 }
 
 TEST(LoadJsonl, BundledAlpacaAndTextSamples) {
-  const Tokenizer& tokenizer = real_tokenizer("llama3_1");
+  const Tokenizer tokenizer = real_tokenizer("llama3_1");
   const ExampleEncoder encoder(tokenizer);
   const std::vector<Example> alpaca =
       load_jsonl_examples(train_data_dir() / "alpaca-sample.jsonl", encoder);
