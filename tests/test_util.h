@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -36,6 +37,13 @@ double relative_error(const std::vector<double>& a, const std::vector<double>& b
 
 void write_bytes(const std::filesystem::path& path, const std::string& bytes);
 std::string read_bytes(const std::filesystem::path& path);
+
+// A test-name suffix for a fixture-name parameter: "tiny-llama31" -> "tiny_llama31".
+inline std::string fixture_param_name(const ::testing::TestParamInfo<std::string>& info) {
+  std::string name = info.param;
+  std::replace(name.begin(), name.end(), '-', '_');
+  return name;
+}
 
 // Expects `fn` to throw llamaq::Error whose message contains every one of `parts`.
 template <typename Fn>

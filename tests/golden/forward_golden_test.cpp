@@ -159,11 +159,7 @@ TEST_P(ForwardGolden, BatchedSequencesMatchTheReference) {
 INSTANTIATE_TEST_SUITE_P(Models, ForwardGolden,
                          ::testing::Values("tiny-llama31", "tiny-hd128-sharded",
                                            "tiny-llama3-vocab"),
-                         [](const auto& param_info) {
-                           std::string name = param_info.param;
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+                         test::fixture_param_name);
 
 }  // namespace
 }  // namespace llamaq

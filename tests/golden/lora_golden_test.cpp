@@ -77,11 +77,7 @@ TEST_P(LoraGolden, MergedWeightsMatchPeftMergeAndUnload) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, LoraGolden, ::testing::Values("tiny-llama31", "tiny-hd128-sharded"),
-                         [](const auto& param_info) {
-                           std::string name = param_info.param;
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+                         test::fixture_param_name);
 
 TEST(PeftAdapter, SaveLoadRoundTrip) {
   const PeftAdapter original = load_peft_adapter(test::model_dir("tiny-llama31") / "lora");

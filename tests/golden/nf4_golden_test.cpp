@@ -45,11 +45,7 @@ TEST_P(Nf4Golden, PreQuantizedCheckpointReproducesTheReferenceLogits) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Nf4Golden,
                          ::testing::Values("tiny-hd128-sharded-bnb-nf4", "tiny-llama31-bnb-nf4-nodq"),
-                         [](const auto& param_info) {
-                           std::string name = param_info.param;
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+                         test::fixture_param_name);
 
 struct SourceCase {
   std::string source;

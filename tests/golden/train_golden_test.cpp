@@ -106,11 +106,7 @@ TEST_P(TrainGolden, OneAdamWStepMatchesTorch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TrainGolden, ::testing::Values("tiny-llama31", "tiny-hd128-sharded"),
-                         [](const auto& param_info) {
-                           std::string name = param_info.param;
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+                         test::fixture_param_name);
 
 TEST(TrainGradients, LoraGradientsMatchFiniteDifferencesThroughNf4) {
   // The whole backward pass over an NF4 base (dequantized tile by tile) against central

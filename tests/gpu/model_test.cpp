@@ -16,6 +16,7 @@
 #include "io/safetensors.h"
 #include "model/loader.h"
 #include "runtime/generate.h"
+#include "test_util.h"
 
 namespace llamaq {
 namespace {
@@ -174,19 +175,11 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, GpuGolden,
                          ::testing::Values("tiny-llama31", "tiny-hd128-sharded",
                                            "tiny-llama3-vocab", "tiny-hd128-sharded-bnb-nf4",
                                            "tiny-llama31-bnb-nf4-nodq"),
-                         [](const auto& param_info) {
-                           std::string name = param_info.param;
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+                         test::fixture_param_name);
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GpuGreedy,
                          ::testing::Values("tiny-llama31", "tiny-hd128-sharded", "tiny-llama3-vocab"),
-                         [](const auto& param_info) {
-                           std::string name = param_info.param;
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+                         test::fixture_param_name);
 
 TEST(GpuNf4, QuantizeOnLoadMatchesTheCpu) {
   LLAMAQ_REQUIRE_CUDA_DEVICE();
