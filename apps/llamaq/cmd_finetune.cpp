@@ -66,6 +66,8 @@ void register_finetune(CLI::App& app) {
   cmd->add_option("--lora-r", o->lora_r, "LoRA rank")->check(CLI::PositiveNumber);
   cmd->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha (scale = alpha / r)");
   cmd->add_flag("--rslora", o->rslora, "rsLoRA scaling alpha / sqrt(r)");
+  cmd->add_option("--lora-dropout", t.lora.lora_dropout, "Dropout on the LoRA input (training only)")
+      ->check(CLI::Range(0.0, 0.99));
   cmd->add_option("--targets", o->targets, "Comma-separated projections, or all-linear");
   cmd->add_option("--lr", t.adamw.lr, "Peak learning rate")->check(CLI::PositiveNumber);
   cmd->add_option("--weight-decay", t.adamw.weight_decay, "AdamW weight decay");

@@ -26,7 +26,7 @@ class Tensor {
   // A zero-filled host tensor, 64-byte aligned.
   static Tensor zeros(DType dtype, Shape shape);
 
-  bool empty() const { return data_ == nullptr && numel() == 0; }
+  bool empty() const { return data_ == nullptr && shape_.empty(); }  // default-constructed
   void* data() const { return data_; }
   template <typename T>
   T* data_as() const {

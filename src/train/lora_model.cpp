@@ -55,6 +55,7 @@ struct LoraTrainModel::Layer {
 struct LoraTrainModel::Cache {
   Tensor a, q, k, v, attn, h, m, gate, up, s;
   std::array<Tensor, kProjCount> low_rank;  // x A^T of each projection with an adapter
+  std::array<Tensor, kProjCount> mask;      // its LoRA dropout mask (empty without dropout)
 };
 
 LoraTrainModel::LoraTrainModel(LlamaConfig config, LlamaWeights base, int threads)
@@ -144,16 +145,48 @@ struct Pass {
   std::vector<LoraParam>& params;
   const Tensor& positions;  // [n] i32, 0..n-1
   const Tensor& inv_freq;
+  float dropout = 0;         // LoRA dropout probability (training passes only)
+  uint64_t dropout_key = 0;  // with the layer and projection, decides the mask
+  int layer = 0;
 };
 
-// y = x W^T + scale (x A^T) B^T; keeps x A^T for backward.
-void projection_forward(Pass& s, const LinearWeight& w, int lora, const Tensor& x, Tensor& y,
-                        Tensor& low_rank) {
+uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Inverted dropout on the LoRA input (PEFT's nn.Dropout): each element kept with probability
+// 1 - p and scaled by 1 / (1 - p). The mask is a hash of (key, layer, projection, element), so the
+// recomputation inside backward draws exactly the same mask. [n, in] f32 of 0 or 1/(1-p).
+Tensor dropout_mask(const Pass& s, int projection, Shape shape) {
+  Tensor mask = f32(std::move(shape));
+  const uint64_t base = mix64(s.dropout_key ^ mix64(uint64_t(s.layer) * 16 + uint64_t(projection) + 1));
+  const double keep = 1.0 - s.dropout;
+  const uint64_t threshold = uint64_t(keep * 18446744073709551615.0);
+  const float scale = float(1.0 / keep);
+  float* m = mask.data_as<float>();
+  for (int64_t i = 0; i < mask.numel(); ++i) m[i] = mix64(base + uint64_t(i)) < threshold ? scale : 0.0f;
+  return mask;
+}
+
+Tensor multiplied(const Tensor& x, const Tensor& mask) {
+  Tensor out = f32(x.shape());
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    out.data_as<float>()[i] = x.data_as<const float>()[i] * mask.data_as<const float>()[i];
+  }
+  return out;
+}
+
+// y = x W^T + scale (dropout(x) A^T) B^T; keeps dropout(x) A^T and the mask for backward.
+void projection_forward(Pass& s, const LinearWeight& w, int lora, int projection, const Tensor& x,
+                        Tensor& y, Tensor& low_rank, Tensor& mask) {
   cpu::linear(s.pool, x, w, y);
   if (lora < 0) return;
   const LoraParam& p = s.params[size_t(lora)];
   low_rank = f32({x.dim(0), p.a.dim(0)});
-  cpu::linear(s.pool, x, LinearWeight::dense(p.a), low_rank);
+  if (s.dropout > 0) mask = dropout_mask(s, projection, x.shape());
+  cpu::linear(s.pool, s.dropout > 0 ? multiplied(x, mask) : x, LinearWeight::dense(p.a), low_rank);
   Tensor delta = f32({x.dim(0), p.b.dim(0)});
   cpu::linear(s.pool, low_rank, LinearWeight::dense(p.b), delta);
   scale_into(delta, p.scale);
@@ -161,9 +194,10 @@ void projection_forward(Pass& s, const LinearWeight& w, int lora, const Tensor& 
   add_into(y2, delta);
 }
 
-// dx = dy W + scale (dy B) A; dB += scale dy^T (x A^T); dA += scale (dy B)^T x.
+// dx = dy W + mask * (scale (dy B) A); dB += scale dy^T t; dA += scale (dy B)^T (mask * x),
+// with t = (mask * x) A^T (mask = 1 without dropout).
 Tensor projection_backward(Pass& s, const LinearWeight& w, int lora, const Tensor& x,
-                           const Tensor& low_rank, const Tensor& dy) {
+                           const Tensor& low_rank, const Tensor& mask, const Tensor& dy) {
   const int64_t n = dy.dim(0);
   Tensor dx = f32({n, w.in_features()});
   cpu::linear_backward_input(s.pool, dy, w, dx);
@@ -175,10 +209,11 @@ Tensor projection_backward(Pass& s, const LinearWeight& w, int lora, const Tenso
   cpu::matmul_tn(s.pool, scaled_dy, low_rank, p.grad_b, /*accumulate=*/true);
   Tensor d_low = f32({n, p.b.dim(1)});
   cpu::matmul_nn(s.pool, scaled_dy, p.b, d_low);
-  cpu::matmul_tn(s.pool, d_low, x, p.grad_a, /*accumulate=*/true);
+  const bool dropped = !mask.empty();
+  cpu::matmul_tn(s.pool, d_low, dropped ? multiplied(x, mask) : x, p.grad_a, /*accumulate=*/true);
   Tensor dx_lora = f32({n, w.in_features()});
   cpu::matmul_nn(s.pool, d_low, p.a, dx_lora);
-  add_into(dx, dx_lora);
+  add_into(dx, dropped ? multiplied(dx_lora, mask) : dx_lora);
   return dx;
 }
 
@@ -206,25 +241,25 @@ void layer_forward(Pass& s, const LayerWeights& w, const std::array<int, kProjCo
   c.v = f32({n, cfg.num_key_value_heads, cfg.head_dim});
   Tensor q2 = c.q.reshaped({n, cfg.q_dim()}), k2 = c.k.reshaped({n, cfg.kv_dim()}),
          v2 = c.v.reshaped({n, cfg.kv_dim()});
-  projection_forward(s, w.q_proj, lora[kQ], c.a, q2, c.low_rank[kQ]);
-  projection_forward(s, w.k_proj, lora[kK], c.a, k2, c.low_rank[kK]);
-  projection_forward(s, w.v_proj, lora[kV], c.a, v2, c.low_rank[kV]);
+  projection_forward(s, w.q_proj, lora[kQ], kQ, c.a, q2, c.low_rank[kQ], c.mask[kQ]);
+  projection_forward(s, w.k_proj, lora[kK], kK, c.a, k2, c.low_rank[kK], c.mask[kK]);
+  projection_forward(s, w.v_proj, lora[kV], kV, c.a, v2, c.low_rank[kV], c.mask[kV]);
   cpu::rope(s.pool, c.q, s.positions, s.inv_freq);
   cpu::rope(s.pool, c.k, s.positions, s.inv_freq);
   c.attn = f32({n, cfg.q_dim()});
   self_attention(s, c.q, c.k, c.v, c.attn);
   c.h = f32({n, cfg.hidden_size});
-  projection_forward(s, w.o_proj, lora[kO], c.attn, c.h, c.low_rank[kO]);
+  projection_forward(s, w.o_proj, lora[kO], kO, c.attn, c.h, c.low_rank[kO], c.mask[kO]);
   add_into(c.h, x);
   c.m = f32({n, cfg.hidden_size});
   cpu::rmsnorm(s.pool, c.h, w.post_attention_norm, eps, c.m);
   c.gate = f32({n, cfg.intermediate_size});
   c.up = f32({n, cfg.intermediate_size});
-  projection_forward(s, w.gate_proj, lora[kGate], c.m, c.gate, c.low_rank[kGate]);
-  projection_forward(s, w.up_proj, lora[kUp], c.m, c.up, c.low_rank[kUp]);
+  projection_forward(s, w.gate_proj, lora[kGate], kGate, c.m, c.gate, c.low_rank[kGate], c.mask[kGate]);
+  projection_forward(s, w.up_proj, lora[kUp], kUp, c.m, c.up, c.low_rank[kUp], c.mask[kUp]);
   c.s = f32({n, cfg.intermediate_size});
   cpu::swiglu(s.pool, c.gate, c.up, c.s);
-  projection_forward(s, w.down_proj, lora[kDown], c.s, y, c.low_rank[kDown]);
+  projection_forward(s, w.down_proj, lora[kDown], kDown, c.s, y, c.low_rank[kDown], c.mask[kDown]);
   add_into(y, c.h);
 }
 
@@ -234,24 +269,24 @@ Tensor layer_backward(Pass& s, const LayerWeights& w, const std::array<int, kPro
   const LlamaConfig& cfg = s.c;
   const int64_t n = x.dim(0);
   const float eps = float(cfg.rms_norm_eps);
-  Tensor ds = projection_backward(s, w.down_proj, lora[kDown], c.s, c.low_rank[kDown], dy);
+  Tensor ds = projection_backward(s, w.down_proj, lora[kDown], c.s, c.low_rank[kDown], c.mask[kDown], dy);
   Tensor d_gate = f32(c.gate.shape()), d_up = f32(c.up.shape());
   cpu::swiglu_backward(s.pool, c.gate, c.up, ds, d_gate, d_up);
-  Tensor dm = projection_backward(s, w.gate_proj, lora[kGate], c.m, c.low_rank[kGate], d_gate);
-  add_into(dm, projection_backward(s, w.up_proj, lora[kUp], c.m, c.low_rank[kUp], d_up));
+  Tensor dm = projection_backward(s, w.gate_proj, lora[kGate], c.m, c.low_rank[kGate], c.mask[kGate], d_gate);
+  add_into(dm, projection_backward(s, w.up_proj, lora[kUp], c.m, c.low_rank[kUp], c.mask[kUp], d_up));
   Tensor dh = f32({n, cfg.hidden_size});
   cpu::rmsnorm_backward(s.pool, c.h, w.post_attention_norm, eps, dm, dh);
   add_into(dh, dy);
-  Tensor d_attn = projection_backward(s, w.o_proj, lora[kO], c.attn, c.low_rank[kO], dh);
+  Tensor d_attn = projection_backward(s, w.o_proj, lora[kO], c.attn, c.low_rank[kO], c.mask[kO], dh);
   Tensor dq = f32(c.q.shape()), dk = f32(c.k.shape()), dv = f32(c.v.shape());
   cpu::attention_backward(s.pool, c.q, c.k, c.v, d_attn, dq, dk, dv);
   cpu::rope_backward(s.pool, dq, s.positions, s.inv_freq);
   cpu::rope_backward(s.pool, dk, s.positions, s.inv_freq);
-  Tensor da = projection_backward(s, w.q_proj, lora[kQ], c.a, c.low_rank[kQ],
+  Tensor da = projection_backward(s, w.q_proj, lora[kQ], c.a, c.low_rank[kQ], c.mask[kQ],
                                   dq.reshaped({n, cfg.q_dim()}));
-  add_into(da, projection_backward(s, w.k_proj, lora[kK], c.a, c.low_rank[kK],
+  add_into(da, projection_backward(s, w.k_proj, lora[kK], c.a, c.low_rank[kK], c.mask[kK],
                                    dk.reshaped({n, cfg.kv_dim()})));
-  add_into(da, projection_backward(s, w.v_proj, lora[kV], c.a, c.low_rank[kV],
+  add_into(da, projection_backward(s, w.v_proj, lora[kV], c.a, c.low_rank[kV], c.mask[kV],
                                    dv.reshaped({n, cfg.kv_dim()})));
   Tensor dx = f32({n, cfg.hidden_size});
   cpu::rmsnorm_backward(s.pool, x, w.input_norm, eps, da, dx);
@@ -314,12 +349,17 @@ double LoraTrainModel::run(std::span<const int32_t> ids, std::span<const int32_t
     token_ids.data_as<int32_t>()[i] = ids[size_t(i)];
   }
   Pass pass{pool_, config_, params_, positions, inv_freq_};
+  if (backward) {
+    pass.dropout = float(lora_config_.lora_dropout);
+    pass.dropout_key = dropout_key_;
+  }
   // Activation checkpointing: keep only each layer's input.
   std::vector<Tensor> inputs(layers_.size() + 1);
   inputs[0] = f32({n, config_.hidden_size});
   cpu::embedding(pool_, base_.embed_tokens, token_ids, inputs[0]);
   for (size_t l = 0; l < layers_.size(); ++l) {
     Cache cache;
+    pass.layer = int(l);
     inputs[l + 1] = f32({n, config_.hidden_size});
     layer_forward(pass, *layers_[l].weights, layers_[l].lora, inputs[l], cache, inputs[l + 1]);
   }
@@ -331,6 +371,7 @@ double LoraTrainModel::run(std::span<const int32_t> ids, std::span<const int32_t
   if (!backward) return loss;
   for (size_t l = layers_.size(); l-- > 0;) {
     Cache cache;
+    pass.layer = int(l);
     Tensor recomputed = f32({n, config_.hidden_size});
     layer_forward(pass, *layers_[l].weights, layers_[l].lora, inputs[l], cache, recomputed);
     dx = layer_backward(pass, *layers_[l].weights, layers_[l].lora, inputs[l], cache, dx);

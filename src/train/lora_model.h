@@ -49,6 +49,9 @@ class LoraTrainModel {
   // Sum of CE over the sequence's targets, no gradients (eval loss).
   double loss_sum(std::span<const int32_t> ids, std::span<const int32_t> labels);
   void zero_grad();
+  // The key of the next training pass's LoRA dropout masks (lora_dropout of the config; masks
+  // are a pure function of the key, so runs and resumes are reproducible).
+  void set_dropout_key(uint64_t key) { dropout_key_ = key; }
 
   // Logits [n, vocab] of one sequence with the adapters (tests).
   std::vector<float> logits(std::span<const int32_t> ids);
@@ -71,6 +74,7 @@ class LoraTrainModel {
   std::vector<LoraParam> params_;
   std::vector<Layer> layers_;  // the projections of each layer with their adapters
   Tensor inv_freq_;            // [head_dim / 2] f32
+  uint64_t dropout_key_ = 0;
 };
 
 }  // namespace llamaq

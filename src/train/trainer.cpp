@@ -44,10 +44,13 @@ std::vector<Tensor> param_tensors(LoraTrainModel& m, bool gradients) {
   return out;
 }
 
-// Sum of CE over a micro-batch's rows (padding cut off), with or without gradients.
-double run_micro_batch(LoraTrainModel& model, const MicroBatch& mb, double normalizer, bool train) {
+// Sum of CE over a micro-batch's rows (padding cut off), with or without gradients. Each row's
+// LoRA dropout masks come from (dropout_key, row), so a resumed run draws the same ones.
+double run_micro_batch(LoraTrainModel& model, const MicroBatch& mb, double normalizer, bool train,
+                       uint64_t dropout_key = 0) {
   double loss = 0;
   for (int64_t r = 0; r < mb.rows; ++r) {
+    model.set_dropout_key(dropout_key * 0x9e3779b97f4a7c15ull + uint64_t(r));
     const size_t begin = size_t(r * mb.columns), length = size_t(mb.row_lengths[size_t(r)]);
     const auto ids = std::span(mb.input_ids).subspan(begin, length);
     const auto labels = std::span(mb.labels).subspan(begin, length);
@@ -169,8 +172,10 @@ TrainSummary run_training(const TrainOptions& o, const std::function<void(const 
     run.model->zero_grad();
     double loss = 0;
     int64_t tokens = 0;
-    for (const MicroBatch& mb : batch.micro_batches) {
-      loss += run_micro_batch(*run.model, mb, double(std::max<int64_t>(1, batch.loss_tokens)), true);
+    for (size_t i = 0; i < batch.micro_batches.size(); ++i) {
+      const MicroBatch& mb = batch.micro_batches[i];
+      const uint64_t key = (o.batching.seed << 32) ^ (uint64_t(run.step) << 8) ^ uint64_t(i);
+      loss += run_micro_batch(*run.model, mb, double(std::max<int64_t>(1, batch.loss_tokens)), true, key);
       tokens += mb.real_tokens();
     }
     loss /= double(std::max<int64_t>(1, batch.loss_tokens));

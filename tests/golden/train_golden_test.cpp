@@ -108,7 +108,9 @@ TEST_P(TrainGolden, OneAdamWStepMatchesTorch) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, TrainGolden, ::testing::Values("tiny-llama31", "tiny-hd128-sharded"),
                          test::fixture_param_name);
 
-TEST(TrainGradients, LoraGradientsMatchFiniteDifferencesThroughNf4) {
+class TrainGradients : public ::testing::TestWithParam<double> {};
+
+TEST_P(TrainGradients, LoraGradientsMatchFiniteDifferencesThroughNf4) {
   // The whole backward pass over an NF4 base (dequantized tile by tile) against central
   // differences of the loss: the check that needs no reference implementation.
   const auto dir = test::model_dir("tiny-llama31");
@@ -121,7 +123,9 @@ TEST(TrainGradients, LoraGradientsMatchFiniteDifferencesThroughNf4) {
   LoraTrainModel model(config, weights, 2);
   LoraConfig lora = parse_lora_config(R"({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
       "target_modules": "all-linear"})", "test");
+  lora.lora_dropout = GetParam();  // the masks are fixed by the key, so the loss is a function
   model.init_lora(lora, 1);
+  model.set_dropout_key(42);
   for (LoraParam& p : model.params()) {  // B = 0 would make every A gradient 0
     for (int64_t i = 0; i < p.b.numel(); ++i) p.b.data_as<float>()[i] = 0.05f * float((i * 37) % 11 - 5);
   }
@@ -129,23 +133,36 @@ TEST(TrainGradients, LoraGradientsMatchFiniteDifferencesThroughNf4) {
   std::vector<int32_t> labels = ids;
   labels[0] = labels[1] = kIgnoreLabel;
   model.zero_grad();
-  model.accumulate_gradients(ids, labels, 1.0);
+  const double train_loss = model.accumulate_gradients(ids, labels, 1.0);
+  // Dropout acts in training passes only: with it the training loss differs from the eval loss.
+  EXPECT_EQ(train_loss == model.loss_sum(ids, labels), GetParam() == 0.0);
+  // Snapshot the gradients: the finite-difference passes below accumulate more into them.
+  std::vector<std::vector<double>> snapshot;
+  for (LoraParam& p : model.params()) {
+    snapshot.push_back(test::to_doubles(p.grad_a));
+    snapshot.push_back(test::to_doubles(p.grad_b));
+  }
   int checked = 0;
   for (size_t pi = 0; pi < model.params().size(); pi += 5) {
     LoraParam& p = model.params()[pi];
     for (Tensor* value : {&p.a, &p.b}) {
-      const Tensor& grad = value == &p.a ? p.grad_a : p.grad_b;
+      const std::vector<double>& grad = snapshot[2 * pi + (value == &p.a ? 0 : 1)];
       const int64_t index = (int64_t(pi) * 7) % value->numel();
       float& x = value->data_as<float>()[index];
       const float saved = x;
       const float h = 1e-2f;
+      // The training pass (with its dropout masks) gives the loss; its gradients are discarded.
+      const auto training_loss = [&] {
+        const double loss = model.accumulate_gradients(ids, labels, 1.0);
+        return loss;
+      };
       x = saved + h;
-      const double up = model.loss_sum(ids, labels);
+      const double up = training_loss();
       x = saved - h;
-      const double down = model.loss_sum(ids, labels);
+      const double down = training_loss();
       x = saved;
       const double numeric = (up - down) / (2 * h);
-      const double analytic = grad.data_as<const float>()[index];
+      const double analytic = grad[size_t(index)];
       // fp32 losses of ~5 differenced over 2h = 0.02: ~1e-5 absolute noise, plus the O(h^2)
       // truncation of central differences.
       EXPECT_NEAR(analytic, numeric, 2e-3 + 2e-2 * std::abs(numeric)) << p.module;
@@ -154,6 +171,8 @@ TEST(TrainGradients, LoraGradientsMatchFiniteDifferencesThroughNf4) {
   }
   EXPECT_GE(checked, 8);
 }
+
+INSTANTIATE_TEST_SUITE_P(Dropout, TrainGradients, ::testing::Values(0.0, 0.3));
 
 }  // namespace
 }  // namespace llamaq
