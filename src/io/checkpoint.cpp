@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/text_file.h"
 
 namespace llamaq {
 namespace {
@@ -15,12 +16,9 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 json read_index(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open", path.string());
-  std::ostringstream text;
-  text << in.rdbuf();
+  const std::string text = read_text_file(path);
   try {
-    return json::parse(text.str());
+    return json::parse(text);
   } catch (const json::exception& e) {
     fail("{}: invalid JSON: {}", path.string(), e.what());
   }

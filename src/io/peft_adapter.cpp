@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "io/text_file.h"
 
 namespace llamaq {
 namespace {
@@ -19,14 +20,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 const std::string kPrefix = "base_model.model.";
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open", path.string());
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 // peft's get_pattern_key: the first key k with re.match(rf"(.*\.)?({k})$", name).
 template <typename T>
@@ -176,7 +169,7 @@ PeftAdapter load_peft_adapter(const fs::path& dir) {
   }
   PeftAdapter adapter;
   adapter.dir = dir;
-  adapter.config = parse_lora_config(read_file(config_path), config_path.string());
+  adapter.config = parse_lora_config(read_text_file(config_path), config_path.string());
   const SafetensorsFile file = SafetensorsFile::open(weights_path);
   for (const SafetensorsEntry& e : file.entries()) {
     std::string name = e.name.starts_with(kPrefix) ? e.name.substr(kPrefix.size()) : e.name;

@@ -202,15 +202,6 @@ LlamaConfig parse_llama_config(std::string_view json_text, std::string_view labe
   return c;
 }
 
-std::string read_text_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open", path.string());
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) fail("{}: read error", path.string());
-  return text.str();
-}
-
 LlamaConfig load_llama_config(const std::filesystem::path& path) {
   return parse_llama_config(read_text_file(path), path.string());
 }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "io/text_file.h"
 
 namespace llamaq {
 
@@ -67,7 +68,5 @@ GenerationConfig parse_generation_config(std::string_view json_text, std::string
 // Returns defaults when the file does not exist.
 GenerationConfig load_generation_config(const std::filesystem::path& path);
 
-// Reads a whole small text file, failing with a message naming it.
-std::string read_text_file(const std::filesystem::path& path);
 
 }  // namespace llamaq
