@@ -22,12 +22,7 @@ AttentionParams make_params(const Tensor& q, const Tensor& positions, const KvLa
   const int64_t n = q.dim(0);
   const int64_t n_heads = q.dim(1);
   const int64_t head_dim = q.dim(2);
-  require_tensor(positions, DType::I32, 1, op, "positions");
-  require_shape(positions, {n}, op, "positions");
-  require_tensor(kv.k_blocks, DType::F32, 4, op, "k_blocks");
-  require_tensor(kv.v_blocks, DType::F32, 4, op, "v_blocks");
-  require_shape(kv.v_blocks, kv.k_blocks.shape(), op, "v_blocks");
-  require_tensor(kv.block_table, DType::I32, 1, op, "block_table");
+  require_positions_and_kv(positions, n, kv, op);
   const int64_t n_kv_heads = kv.k_blocks.dim(2);
   require(kv.k_blocks.dim(1) == kv.block_size && kv.k_blocks.dim(3) == head_dim, op,
           "q " + shape_to_string(q.shape()) + " does not fit the blocks " +

@@ -41,12 +41,7 @@ void kv_store(CudaContext& ctx, const Tensor& k, const Tensor& v, const Tensor& 
   require_tensor(v, DType::F32, 3, op, "v");
   require_shape(v, k.shape(), op, "v");
   const int64_t n = k.dim(0);
-  require_tensor(positions, DType::I32, 1, op, "positions");
-  require_shape(positions, {n}, op, "positions");
-  require_tensor(kv.k_blocks, DType::F32, 4, op, "k_blocks");
-  require_tensor(kv.v_blocks, DType::F32, 4, op, "v_blocks");
-  require_shape(kv.v_blocks, kv.k_blocks.shape(), op, "v_blocks");
-  require_tensor(kv.block_table, DType::I32, 1, op, "block_table");
+  require_positions_and_kv(positions, n, kv, op);
   require(kv.k_blocks.dim(1) == kv.block_size && kv.k_blocks.dim(2) == k.dim(1) &&
               kv.k_blocks.dim(3) == k.dim(2),
           op,

@@ -6,6 +6,7 @@
 #include <limits>
 #include <string>
 
+#include "backend/backend.h"
 #include "backend/cuda/cuda_check.h"
 #include "core/tensor.h"
 
@@ -51,6 +52,17 @@ inline int checked_int(int64_t value, const char* op, const char* what) {
 inline unsigned grid_size(int64_t work, int block, int64_t max_blocks = 65535LL * 16) {
   const int64_t blocks = (work + block - 1) / block;
   return unsigned(blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks));
+}
+
+// The positions of n tokens and a KV layer view: dtypes, ranks and matching K/V block pools.
+inline void require_positions_and_kv(const Tensor& positions, int64_t n, const KvLayerView& kv,
+                                     const char* op) {
+  require_tensor(positions, DType::I32, 1, op, "positions");
+  require_shape(positions, {n}, op, "positions");
+  require_tensor(kv.k_blocks, DType::F32, 4, op, "k_blocks");
+  require_tensor(kv.v_blocks, DType::F32, 4, op, "v_blocks");
+  require_shape(kv.v_blocks, kv.k_blocks.shape(), op, "v_blocks");
+  require_tensor(kv.block_table, DType::I32, 1, op, "block_table");
 }
 
 }  // namespace llamaq::cuda
