@@ -9,6 +9,7 @@
 #include "backend/cuda/cuda_backend.h"
 #endif
 #include "core/resources.h"
+#include "runtime/profiler.h"
 
 namespace llamaq::cli {
 
@@ -26,16 +27,24 @@ void add_model_options(CLI::App& command, ModelOptions& options) {
                    "With --quant nf4, keep the block scales in float32");
   command.add_option("--lora", options.lora_dir, "A PEFT LoRA adapter folder to apply");
   command.add_option("--device", options.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  command.add_flag("--no-graphs", options.no_graphs,
+                   "On the GPU, launch each op of a decode step instead of replaying a CUDA graph");
 }
 
 std::unique_ptr<Backend> make_backend(const ModelOptions& options) {
+  if (options.attention != "flash" && options.attention != "naive") {
+    fail("--attn: unknown attention \"{}\" (flash or naive)", options.attention);
+  }
   if (options.device == "cuda") {
 #ifdef LLAMAQ_HAVE_CUDA
-    return make_cuda_backend(0);
+    CudaBackendOptions cuda_options;
+    cuda_options.attention = options.attention == "naive" ? AttentionImpl::Naive : AttentionImpl::Flash;
+    return make_cuda_backend(0, cuda_options);
 #else
     fail("--device cuda: this build has no CUDA backend (nvcc was not found when it was built)");
 #endif
   }
+  if (options.attention == "naive") fail("--attn naive is a GPU comparison (--device cuda)");
   return make_cpu_backend(options.threads);
 }
 
@@ -50,10 +59,30 @@ LoadOptions load_options(const ModelOptions& options) {
   return load;
 }
 
+void add_profile_option(CLI::App& command, std::string& path) {
+  command.add_option("--profile", path,
+                     "Write per-op device times as a Chrome trace (open in Perfetto) and print the "
+                     "top ops (CUDA graphs are off while profiling)");
+}
+
+std::unique_ptr<Backend> make_profiled_backend(const ModelOptions& options) {
+  std::unique_ptr<Backend> backend = make_backend(options);
+  if (options.profile_path.empty()) return backend;
+  return std::make_unique<ProfilingBackend>(std::move(backend));
+}
+
+void finish_profile(Backend& backend, const std::string& path) {
+  auto* profiler = dynamic_cast<ProfilingBackend*>(&backend);
+  if (!profiler || path.empty()) return;
+  profiler->write_chrome_trace(path);
+  std::cerr << profiler->summary_table() << "trace written to " << path << std::endl;
+}
+
 Engine load_engine(const ModelOptions& options) {
   Engine engine;
-  engine.backend = make_backend(options);
+  engine.backend = make_profiled_backend(options);
   engine.loaded = load_model(options.model_dir, *engine.backend, log_line, load_options(options));
+  engine.loaded.model->set_graphs_enabled(!options.no_graphs);
   return engine;
 }
 

@@ -24,6 +24,9 @@ struct ModelOptions {
   bool no_double_quant = false;
   std::string lora_dir;  // PEFT adapter to apply
   std::string device = "cpu";  // cpu or cuda
+  bool no_graphs = false;  // run decode steps op by op instead of replaying a CUDA graph
+  std::string profile_path;  // per-op trace (Chrome trace JSON) written here when set
+  std::string attention = "flash";  // GPU attention: flash, or naive (scores materialized)
 };
 
 // The backend the options ask for; cuda needs a build with nvcc.
@@ -31,6 +34,14 @@ std::unique_ptr<Backend> make_backend(const ModelOptions& options);
 
 void add_model_options(CLI::App& command, ModelOptions& options);
 LoadOptions load_options(const ModelOptions& options);
+
+// --profile FILE (generate, bench): per-op device times as a Chrome trace plus a summary table.
+void add_profile_option(CLI::App& command, std::string& path);
+// The options' backend, wrapped in a ProfilingBackend when a profile path is set.
+std::unique_ptr<Backend> make_profiled_backend(const ModelOptions& options);
+// Writes the trace of a ProfilingBackend and prints its summary table to stderr (no-op for any
+// other backend).
+void finish_profile(Backend& backend, const std::string& path);
 
 // The backend and the loaded model, kept together so the backend outlives the model.
 struct Engine {

@@ -1,12 +1,14 @@
 // llamaq bench: prefill and decode speed of a checkpoint or a preset shape (random weights made in
-// memory), per weight format, with each figure next to its roofline quantity (bytes moved per
-// decoded token, FLOPs per prompt token), as a table and optionally JSON.
+// memory), for every combination of weight format, attention kernel, prompt length and batch
+// size, with each figure next to its roofline (weight bytes per decode step against the measured
+// memory bandwidth; FLOPs per prompt token against the measured tensor-core rate) and the peak
+// memory, as a table and optionally JSON. --profile writes the per-op trace of the whole run.
 #include <nlohmann/json.hpp>
 
 #include <iostream>
 #include <random>
-#include <sstream>
 
+#include "bench_roofline.h"
 #include "cli_common.h"
 #include "commands.h"
 #include "core/error.h"
@@ -14,149 +16,272 @@
 #include "io/atomic_file.h"
 #include "model/random_checkpoint.h"
 #include "model/weights.h"
-#include "runtime/sampler.h"
+#include "runtime/profiler.h"
 
 namespace llamaq::cli {
 namespace {
 
 struct BenchOptions {
-  std::string model_dir;
+  ModelOptions model;  // model_dir, device, threads, no_graphs, profile_path
   std::string preset;
-  std::string device = "cpu";
   std::string weights = "bf16,nf4";
-  int64_t prompt = 512;
+  std::string attn = "flash";
+  std::string prompts = "512";
+  std::string batches = "1";
   int64_t gen = 64;
-  int threads = 0;
   std::string json_file;
 };
 
-struct BenchRow {
-  std::string weights;
-  double prefill_tokens_per_s = 0;
-  double ttft_ms = 0;
-  double decode_tokens_per_s = 0;
-  double weight_gib = 0;         // bytes a decode step reads (projections + head)
-  double decode_gb_per_s = 0;    // weight bytes x decode tokens/s
-  double prefill_tflop_per_s = 0;
+struct BenchCase {
+  std::string weights, attn;
+  int64_t prompt = 0, batch = 1;
 };
 
-int64_t linear_params(const LlamaWeights& w) {
-  int64_t n = w.lm_head.out_features() * w.lm_head.in_features();
+struct BenchRow {
+  BenchCase c;
+  double prefill_tokens_per_s = 0;
+  double ttft_ms = 0;  // prefill of one sequence's prompt up to its first token
+  double decode_tokens_per_s = 0;  // all sequences of the batch together
+  double weight_gib = 0;           // bytes a decode step reads (projections + head)
+  double decode_gb_per_s = 0;      // weight bytes x decode steps/s
+  double prefill_tflop_per_s = 0;
+  double peak_memory_gib = 0;      // device: peak held by the allocator; CPU: peak RSS
+};
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> items;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (!item.empty()) items.push_back(item);
+  }
+  return items;
+}
+
+std::vector<int64_t> split_numbers(const std::string& text, const std::string& flag) {
+  std::vector<int64_t> numbers;
+  for (const int32_t v : parse_token_ids(text, flag)) {
+    if (v <= 0) fail("{}: {} is not a positive number", flag, v);
+    numbers.push_back(v);
+  }
+  return numbers;
+}
+
+std::vector<const LinearWeight*> projections(const LlamaWeights& w) {
+  std::vector<const LinearWeight*> all = {&w.lm_head};
   for (const LayerWeights& l : w.layers) {
     for (const LinearWeight* p : {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj}) {
-      n += p->out_features() * p->in_features();
+      all.push_back(p);
     }
   }
+  return all;
+}
+
+int64_t linear_params(const LlamaWeights& w) {
+  int64_t n = 0;
+  for (const LinearWeight* p : projections(w)) n += p->out_features() * p->in_features();
   return n;
 }
 
 int64_t linear_bytes(const LlamaWeights& w) {
-  int64_t n = w.lm_head.nbytes();
-  for (const LayerWeights& l : w.layers) {
-    for (const LinearWeight* p : {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj}) {
-      n += p->nbytes();
-    }
-  }
+  int64_t n = 0;
+  for (const LinearWeight* p : projections(w)) n += p->nbytes();
   return n;
 }
 
-BenchRow run_one(const BenchOptions& o, const LlamaConfig& config, LlamaWeights weights,
-                 const std::string& format, Backend& backend) {
+// Attention FLOPs of a causal prefill of n tokens: QK^T and PV over n(n+1)/2 query-key pairs.
+double attention_flops(const LlamaConfig& c, int64_t n) {
+  return 4.0 * double(c.num_hidden_layers) * double(c.q_dim()) * double(n) * double(n + 1) / 2;
+}
+
+std::vector<int32_t> random_prompt(const LlamaConfig& config, int64_t length, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> prompt(static_cast<size_t>(length));
+  for (int32_t& id : prompt) id = int32_t(rng() % uint32_t(config.vocab_size));
+  return prompt;
+}
+
+void region(Backend& backend, const std::string& name) {
+  if (auto* p = dynamic_cast<ProfilingBackend*>(&backend)) p->begin_region(name);
+}
+
+// Greedy next ids of a batch of last-token logits, argmax on the device.
+std::vector<int32_t> greedy(Backend& backend, const Tensor& logits) {
+  Tensor ids = backend.alloc(DType::I32, {logits.dim(0)});
+  backend.argmax(logits, ids);
+  std::vector<int32_t> host(size_t(logits.dim(0)));
+  backend.copy_to_host(ids, host.data());
+  return host;
+}
+
+BenchRow run_case(const BenchOptions& o, const BenchCase& c, const LlamaConfig& config,
+                  const LlamaWeights& weights, Backend& backend, LlamaModel& model) {
+  BenchRow row;
+  row.c = c;
+  row.weight_gib = double(linear_bytes(weights)) / double(1 << 30);
+  KvCache cache(backend, config, c.prompt + o.gen + 8);
+  {  // warm-up: module loading, handles, allocator, the decode graph of this batch size
+    const int seq = cache.add_sequence();
+    const std::vector<int32_t> warm = random_prompt(config, std::min<int64_t>(8, c.prompt), 1);
+    model.forward(cache, seq, warm, LogitsFor::LastToken);
+    for (int step = 0; step < 2; ++step) {
+      const int32_t next[1] = {1};
+      greedy(backend, model.forward(cache, seq, next, LogitsFor::LastToken));
+    }
+    cache.remove_sequence(seq);
+  }
+  backend.reset_peak_memory();
+  std::vector<int> seqs;
+  std::vector<int32_t> next;
+  region(backend, "prefill");
+  const Stopwatch prefill;
+  for (int64_t b = 0; b < c.batch; ++b) {
+    seqs.push_back(cache.add_sequence());
+    const std::vector<int32_t> prompt = random_prompt(config, c.prompt, uint32_t(7 + b));
+    next.push_back(greedy(backend, model.forward(cache, seqs.back(), prompt, LogitsFor::LastToken))[0]);
+  }
+  const double prefill_s = prefill.seconds();
+  region(backend, "decode");
+  const Stopwatch decode;
+  for (int64_t step = 0; step < o.gen; ++step) {
+    std::vector<SequenceInput> items;
+    for (size_t b = 0; b < seqs.size(); ++b) items.push_back({seqs[b], std::span(&next[b], 1)});
+    next = greedy(backend, model.forward_batch(cache, items, LogitsFor::LastToken));
+  }
+  const double decode_s = decode.seconds();
+  if (auto* p = dynamic_cast<ProfilingBackend*>(&backend)) p->end_region();
+  const double prompt_tokens = double(c.prompt * c.batch);
+  row.prefill_tokens_per_s = prompt_tokens / prefill_s;
+  row.ttft_ms = prefill_s * 1e3 / double(c.batch);
+  row.decode_tokens_per_s = double(o.gen * c.batch) / decode_s;
+  row.decode_gb_per_s = double(linear_bytes(weights)) * double(o.gen) / decode_s / 1e9;
+  const double flops = 2.0 * double(linear_params(weights)) * prompt_tokens +
+                       double(c.batch) * attention_flops(config, c.prompt);
+  row.prefill_tflop_per_s = flops / prefill_s / 1e12;
+  const MemoryStats memory = backend.memory_stats();
+  row.peak_memory_gib = double(backend.device() == Device::Cpu ? peak_resident_bytes() : memory.peak_reserved) / double(1 << 30);
+  return row;
+}
+
+LlamaWeights weights_as(const BenchOptions& o, LlamaWeights weights, const std::string& format) {
   if (format == "nf4") {
     LoadOptions quant;
     quant.quantize_nf4 = true;
-    quant.threads = o.threads;
+    quant.quantize_lm_head = o.model.quant_lm_head;
+    quant.threads = o.model.threads;
     quant.progress = true;
     quantize_weights(weights, quant);
   } else if (format != "bf16") {
     fail("--weights: unknown format \"{}\" (bf16 or nf4)", format);
   }
-  BenchRow row;
-  row.weights = format;
-  row.weight_gib = double(linear_bytes(weights)) / double(1 << 30);
-  LlamaModel model(config, weights, backend);
-  KvCache cache(backend, config, o.prompt + o.gen + 8);
-  std::mt19937 rng(7);
-  std::vector<int32_t> prompt(static_cast<size_t>(o.prompt));
-  for (int32_t& id : prompt) id = int32_t(rng() % uint32_t(config.vocab_size));
-  {  // warm-up: module loading, handles, allocator
-    const int seq = cache.add_sequence();
-    model.forward_to_host(cache, seq, std::span(prompt).first(std::min<size_t>(8, prompt.size())), LogitsFor::LastToken);
-    cache.remove_sequence(seq);
-  }
-  const int seq = cache.add_sequence();
-  const Stopwatch prefill;
-  std::vector<float> logits = model.forward_to_host(cache, seq, prompt, LogitsFor::LastToken);
-  const double prefill_s = prefill.seconds();
-  const Stopwatch decode;
-  for (int64_t i = 0; i < o.gen; ++i) {
-    const int32_t next[1] = {argmax(logits)};
-    logits = model.forward_to_host(cache, seq, next, LogitsFor::LastToken);
-  }
-  const double decode_s = decode.seconds();
-  row.prefill_tokens_per_s = double(o.prompt) / prefill_s;
-  row.ttft_ms = prefill_s * 1e3;
-  row.decode_tokens_per_s = double(o.gen) / decode_s;
-  row.decode_gb_per_s = double(linear_bytes(weights)) * row.decode_tokens_per_s / 1e9;
-  row.prefill_tflop_per_s = 2.0 * double(linear_params(weights)) * row.prefill_tokens_per_s / 1e12;
-  return row;
+  return weights;
 }
 
-void run(const BenchOptions& o) {
-  if (o.model_dir.empty() == o.preset.empty()) fail("give exactly one of --model and --preset");
-  ModelOptions model_options;
-  model_options.device = o.device;
-  model_options.threads = o.threads;
-  std::unique_ptr<Backend> backend = make_backend(model_options);
+std::string percent(double value, double peak) {
+  return peak > 0 ? fmt::format(" ({:.0f}%)", 100 * value / peak) : "";
+}
+
+void print_rows(const BenchOptions& o, const std::vector<BenchRow>& rows, const Roofline& roof,
+                const std::string& title) {
+  std::cout << "\n" << title << "\nroofline " << roof.how << "\n";
+  std::cout << "| weights | attn | prompt | batch | prefill tok/s | TTFT ms | prefill TFLOP/s | "
+               "decode tok/s | weights GiB | decode GB/s | peak mem GiB |\n"
+               "|---|---|---|---|---|---|---|---|---|---|---|\n";
+  for (const BenchRow& r : rows) {
+    std::cout << fmt::format("| {} | {} | {} | {} | {:.1f} | {:.1f} | {:.2f}{} | {:.2f} | {:.2f} | {:.1f}{} | {:.2f} |\n",
+                             r.c.weights, r.c.attn, r.c.prompt, r.c.batch, r.prefill_tokens_per_s, r.ttft_ms,
+                             r.prefill_tflop_per_s, percent(r.prefill_tflop_per_s, roof.tflop_per_s),
+                             r.decode_tokens_per_s, r.weight_gib, r.decode_gb_per_s,
+                             percent(r.decode_gb_per_s, roof.bandwidth_gb_per_s), r.peak_memory_gib);
+  }
+  (void)o;
+}
+
+nlohmann::json rows_json(const BenchOptions& o, const std::vector<BenchRow>& rows, const Roofline& roof) {
+  nlohmann::json json = nlohmann::json::array();
+  for (const BenchRow& r : rows) {
+    json.push_back({{"weights", r.c.weights}, {"attn", r.c.attn}, {"device", o.model.device},
+                    {"prompt", r.c.prompt}, {"batch", r.c.batch}, {"gen", o.gen},
+                    {"graphs", !o.model.no_graphs}, {"prefill_tokens_per_s", r.prefill_tokens_per_s},
+                    {"ttft_ms", r.ttft_ms}, {"prefill_tflop_per_s", r.prefill_tflop_per_s},
+                    {"decode_tokens_per_s", r.decode_tokens_per_s}, {"weight_gib", r.weight_gib},
+                    {"decode_gb_per_s", r.decode_gb_per_s}, {"peak_memory_gib", r.peak_memory_gib},
+                    {"roofline_gb_per_s", roof.bandwidth_gb_per_s},
+                    {"roofline_tflop_per_s", roof.tflop_per_s}});
+  }
+  return json;
+}
+
+void run(BenchOptions o) {
+  if (o.model.model_dir.empty() == o.preset.empty()) fail("give exactly one of --model and --preset");
+  const std::vector<std::string> formats = split_list(o.weights);
+  const std::vector<std::string> attns = split_list(o.attn);
+  const std::vector<int64_t> prompts = split_numbers(o.prompts, "--prompt");
+  const std::vector<int64_t> batches = split_numbers(o.batches, "--batch");
+  if (formats.empty() || attns.empty()) fail("--weights and --attn need at least one value");
+  const Roofline roof = measure_roofline(o.model.device, o.model.threads);
   LlamaConfig config;
   LlamaWeights weights;
   std::optional<CheckpointTensors> checkpoint;
   if (!o.preset.empty()) {
     config = parse_llama_config(preset_config(o.preset).dump(), o.preset);
     log_line("making random " + o.preset + " weights in memory");
-    weights = random_weights(config, 1, o.threads);
+    weights = random_weights(config, 1, o.model.threads);
   } else {
-    config = load_llama_config(std::filesystem::path(o.model_dir) / "config.json");
-    checkpoint.emplace(CheckpointTensors::open(o.model_dir));
+    config = load_llama_config(std::filesystem::path(o.model.model_dir) / "config.json");
+    checkpoint.emplace(CheckpointTensors::open(o.model.model_dir));
     weights = bind_llama_weights(config, *checkpoint);
   }
   std::vector<BenchRow> rows;
-  std::stringstream formats(o.weights);
-  for (std::string format; std::getline(formats, format, ',');) {
-    rows.push_back(run_one(o, config, weights, format, *backend));
+  std::string backend_name;
+  std::unique_ptr<Backend> profiled;
+  for (const std::string& format : formats) {
+    const LlamaWeights formatted = weights_as(o, weights, format);
+    for (const std::string& attn : attns) {
+      ModelOptions model_options = o.model;
+      model_options.attention = attn;
+      std::unique_ptr<Backend> backend = make_profiled_backend(model_options);
+      backend_name = std::string(backend->name());
+      {
+        LlamaModel model(config, formatted, *backend);
+        model.set_graphs_enabled(!o.model.no_graphs);
+        for (const int64_t prompt : prompts) {
+          for (const int64_t batch : batches) {
+            const BenchCase c{format, attn, prompt, batch};
+            log_line(fmt::format("bench: {} weights, {} attention, prompt {}, batch {}", format, attn, prompt, batch));
+            rows.push_back(run_case(o, c, config, formatted, *backend, model));
+          }
+        }
+      }
+      if (!o.model.profile_path.empty()) profiled = std::move(backend);  // the last one's trace
+    }
   }
-  std::cout << fmt::format("\n{} on {} ({}), prompt {} tokens, {} decoded tokens, batch 1\n",
-                           o.preset.empty() ? o.model_dir : o.preset, backend->name(), o.device, o.prompt, o.gen);
-  std::cout << "| weights | prefill tok/s | TTFT ms | prefill TFLOP/s | decode tok/s | weights GiB | decode GB/s |\n"
-               "|---|---|---|---|---|---|---|\n";
-  nlohmann::json json = nlohmann::json::array();
-  for (const BenchRow& r : rows) {
-    std::cout << fmt::format("| {} | {:.1f} | {:.1f} | {:.2f} | {:.2f} | {:.2f} | {:.1f} |\n", r.weights,
-                             r.prefill_tokens_per_s, r.ttft_ms, r.prefill_tflop_per_s,
-                             r.decode_tokens_per_s, r.weight_gib, r.decode_gb_per_s);
-    json.push_back({{"weights", r.weights}, {"device", o.device}, {"prompt", o.prompt}, {"gen", o.gen},
-                    {"prefill_tokens_per_s", r.prefill_tokens_per_s}, {"ttft_ms", r.ttft_ms},
-                    {"prefill_tflop_per_s", r.prefill_tflop_per_s},
-                    {"decode_tokens_per_s", r.decode_tokens_per_s}, {"weight_gib", r.weight_gib},
-                    {"decode_gb_per_s", r.decode_gb_per_s}});
-  }
+  const std::string title = fmt::format("{} on {} ({}), {} decoded tokens per sequence, CUDA graphs {}",
+                                        o.preset.empty() ? o.model.model_dir : o.preset, backend_name,
+                                        o.model.device, o.gen, o.model.no_graphs || !o.model.profile_path.empty() ? "off" : "on");
+  print_rows(o, rows, roof, title);
   std::cout << fmt::format("peak host memory {:.1f} MiB", double(peak_resident_bytes()) / (1 << 20)) << std::endl;
-  if (!o.json_file.empty()) write_file_atomic(o.json_file, json.dump(2) + "\n");
+  if (profiled) finish_profile(*profiled, o.model.profile_path);
+  if (!o.json_file.empty()) write_file_atomic(o.json_file, rows_json(o, rows, roof).dump(2) + "\n");
 }
 
 }  // namespace
 
 void register_bench(CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
-  CLI::App* cmd = app.add_subcommand("bench", "Prefill and decode speed, per weight format");
-  cmd->add_option("-m,--model", o->model_dir, "Checkpoint folder");
+  CLI::App* cmd = app.add_subcommand("bench", "Prefill and decode speed, per weight format, attention, prompt and batch");
+  cmd->add_option("-m,--model", o->model.model_dir, "Checkpoint folder");
   cmd->add_option("--preset", o->preset, "Random weights of a real shape: llama3-8b, llama3.1-8b, llama3.2-1b, llama3.2-3b");
-  cmd->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--device", o->model.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--weights", o->weights, "Comma-separated formats: bf16, nf4");
-  cmd->add_option("--prompt", o->prompt, "Prompt tokens")->check(CLI::PositiveNumber);
-  cmd->add_option("--gen", o->gen, "Decoded tokens")->check(CLI::PositiveNumber);
-  cmd->add_option("-t,--threads", o->threads, "CPU threads (0 = all)");
+  cmd->add_flag("--quant-lm-head", o->model.quant_lm_head, "With nf4, quantize the LM head too");
+  cmd->add_option("--attn", o->attn, "Comma-separated attention kernels: flash, naive (GPU)");
+  cmd->add_option("--prompt", o->prompts, "Comma-separated prompt lengths in tokens");
+  cmd->add_option("--batch", o->batches, "Comma-separated numbers of sequences decoded together");
+  cmd->add_option("--gen", o->gen, "Decoded tokens per sequence")->check(CLI::PositiveNumber);
+  cmd->add_option("-t,--threads", o->model.threads, "CPU threads (0 = all)");
+  cmd->add_flag("--no-graphs", o->model.no_graphs, "Launch each op of a decode step (no CUDA graph)");
   cmd->add_option("--json", o->json_file, "Also write the results as JSON");
+  add_profile_option(*cmd, o->model.profile_path);
   cmd->callback([o] { run(*o); });
 }
 

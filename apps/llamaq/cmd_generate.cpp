@@ -86,6 +86,7 @@ void run(const GenerateCliOptions& o) {
   }
   std::cout << std::endl;
   print_generation_summary(result, options.sampling);
+  finish_profile(*engine.backend, o.model.profile_path);
 }
 
 }  // namespace
@@ -109,6 +110,7 @@ void register_generate(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--ignore-eos", options->ignore_eos, "Do not stop at end-of-sequence tokens");
   add_sampling_options(*cmd, options->sampling);
+  add_profile_option(*cmd, options->model.profile_path);
   cmd->callback([options] { run(*options); });
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string_view>
 
@@ -18,6 +19,28 @@ struct KvLayerView {
   Tensor v_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32
   Tensor block_table;  // [max_blocks_per_sequence] i32: block holding positions [i*bs, (i+1)*bs)
   int64_t block_size = 0;
+};
+
+// A recorded sequence of ops that replays as one unit (a CUDA graph): the same kernels on the same
+// tensors, with no per-op launch cost. Inputs change between replays only through the contents of
+// the tensors the recorded ops read.
+class OpGraph {
+ public:
+  virtual ~OpGraph() = default;
+  virtual void replay() = 0;
+};
+
+// An opaque point in a backend's op order, for profiling (a CUDA event on the GPU).
+class TimingMark {
+ public:
+  virtual ~TimingMark() = default;
+};
+
+// Device memory held by a backend's allocations (tensors, caches, scratch), in bytes.
+struct MemoryStats {
+  int64_t live = 0;           // in use now
+  int64_t peak_live = 0;      // highest in use since the last reset
+  int64_t peak_reserved = 0;  // highest held from the device, cached free blocks included
 };
 
 class Backend {
@@ -36,6 +59,24 @@ class Backend {
   // A projection weight for this backend: dense weights go through upload(); a backend that
   // runs NF4 kernels copies the quantized tensors too (the CPU backend returns `host` as is).
   virtual LinearWeight upload_linear(const LinearWeight& host) = 0;
+
+  // Records the ops `record` issues without running them. Every tensor allocated while recording
+  // stays alive (and is never handed out again) for as long as the graph exists, so the graph may
+  // keep using it. Backends without graphs return nullptr without calling `record`.
+  virtual std::unique_ptr<OpGraph> capture(const std::function<void()>& record) {
+    (void)record;
+    return nullptr;
+  }
+
+  // Memory accounting of device backends; the CPU reports zeros (see the process's peak RSS).
+  virtual MemoryStats memory_stats() const { return {}; }
+  virtual void reset_peak_memory() {}
+
+  // Profiling: a mark taken after every op queued so far, and the milliseconds between two marks
+  // (waiting for them). The default is the host clock, right for backends whose ops finish before
+  // they return (the CPU).
+  virtual std::unique_ptr<TimingMark> timing_mark();
+  virtual double elapsed_ms(const TimingMark& from, const TimingMark& to);
 
   // Ops. Activations are f32; weights bf16, f16 or f32.
   virtual void embedding(const Tensor& table,  // [vocab, d]
@@ -74,6 +115,11 @@ class Backend {
 
   virtual void add_inplace(Tensor& x,            // [n, d] f32
                            const Tensor& y) = 0;  // [n, d] f32: x += y
+
+  // Greedy decoding without copying logits off the device: each row's largest value's index
+  // (ties go to the lowest index; NaN never wins).
+  virtual void argmax(const Tensor& logits,  // [rows, vocab] f32
+                      Tensor& ids) = 0;      // [rows] i32
 };
 
 // The CPU reference backend with n_threads threads (<= 0: all hardware threads).

@@ -1,12 +1,22 @@
 #include "model/kv_cache.h"
 
+#include <atomic>
+
 #include "core/error.h"
 
 namespace llamaq {
+namespace {
+
+uint64_t next_cache_id() {
+  static std::atomic<uint64_t> counter{0};
+  return ++counter;
+}
+
+}  // namespace
 
 KvCache::KvCache(Backend& backend, const LlamaConfig& config, int64_t capacity_tokens,
                  int64_t block_size)
-    : backend_(backend), block_size_(block_size), capacity_tokens_(capacity_tokens) {
+    : backend_(backend), id_(next_cache_id()), block_size_(block_size), capacity_tokens_(capacity_tokens) {
   if (block_size <= 0 || capacity_tokens <= 0) fail("KV cache: capacity and block size must be > 0");
   n_blocks_ = (capacity_tokens + block_size - 1) / block_size;
   const Shape shape = {n_blocks_, block_size_, config.num_key_value_heads, config.head_dim};
@@ -101,6 +111,11 @@ void KvCache::truncate(int seq, int64_t new_length) {
 KvLayerView KvCache::layer_view(int layer, int seq) const {
   return KvLayerView{k_blocks_.at(size_t(layer)), v_blocks_.at(size_t(layer)), sequence(seq).table,
                      block_size_};
+}
+
+KvLayerView KvCache::layer_view(int layer, const Tensor& table) const {
+  if (table.numel() != n_blocks_) fail("KV cache: a block table needs {} entries", n_blocks_);
+  return KvLayerView{k_blocks_.at(size_t(layer)), v_blocks_.at(size_t(layer)), table, block_size_};
 }
 
 }  // namespace llamaq

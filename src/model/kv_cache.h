@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "backend/backend.h"
@@ -32,6 +33,15 @@ class KvCache {
   void truncate(int seq, int64_t new_length);
 
   KvLayerView layer_view(int layer, int seq) const;
+  // The same layer's blocks with another copy of a block table (a replayed decode graph keeps
+  // the tables of its batch in buffers of its own).
+  KvLayerView layer_view(int layer, const Tensor& table) const;
+  // The blocks `seq` owns, in position order, and the width of every block table.
+  std::span<const int32_t> blocks(int seq) const { return sequence(seq).blocks; }
+  int64_t max_blocks_per_sequence() const { return n_blocks_; }
+  // Unique per cache object for the life of the process (graphs recorded over one cache's
+  // pools must not be replayed over another's).
+  uint64_t id() const { return id_; }
 
  private:
   struct Sequence {
@@ -45,6 +55,7 @@ class KvCache {
   void upload_table(Sequence& s);
 
   Backend& backend_;
+  uint64_t id_;
   int64_t block_size_;
   int64_t capacity_tokens_;
   int64_t n_blocks_;

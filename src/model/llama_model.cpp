@@ -104,7 +104,7 @@ void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
   b.rope(act.k, positions, inv_freq_);
   // Attention is the one step per sequence: each reads its own blocks of the cache.
   for (const BatchSlice& s : slices) {
-    const KvLayerView kv = cache.layer_view(layer, s.seq);
+    const KvLayerView kv = s.table.empty() ? cache.layer_view(layer, s.seq) : cache.layer_view(layer, s.table);
     const Tensor pos = positions.slice_rows(s.begin, s.count);
     b.kv_store(act.k.slice_rows(s.begin, s.count), act.v.slice_rows(s.begin, s.count), pos, kv);
     Tensor out = act.attn.slice_rows(s.begin, s.count);
@@ -143,29 +143,42 @@ Tensor LlamaModel::forward_batch(KvCache& cache, std::span<const SequenceInput> 
     for (const BatchSlice& s : slices) {
       if (s.seq == item.seq) fail("forward: sequence {} appears twice in one batch", item.seq);
     }
-    slices.push_back({item.seq, int64_t(host_ids.size()), int64_t(item.ids.size())});
+    slices.push_back({item.seq, int64_t(host_ids.size()), int64_t(item.ids.size()), Tensor()});
     host_ids.insert(host_ids.end(), item.ids.begin(), item.ids.end());
     for (size_t i = 0; i < item.ids.size(); ++i) host_positions.push_back(int32_t(start + int64_t(i)));
   }
   for (const SequenceInput& item : items) cache.reserve(item.seq, int64_t(item.ids.size()));
-  const int64_t n = int64_t(host_ids.size());
-  Tensor positions = backend_.alloc(DType::I32, {n});
-  backend_.copy_from_host(positions, host_positions.data());
-  Tensor token_ids = backend_.alloc(DType::I32, {n});
-  backend_.copy_from_host(token_ids, host_ids.data());
+  Tensor logits;
+  if (graph_eligible(items, which)) {
+    logits = decode_with_graph(cache, slices, host_ids, host_positions);
+  }
+  if (logits.empty()) {
+    const int64_t n = int64_t(host_ids.size());
+    Tensor positions = backend_.alloc(DType::I32, {n});
+    backend_.copy_from_host(positions, host_positions.data());
+    Tensor token_ids = backend_.alloc(DType::I32, {n});
+    backend_.copy_from_host(token_ids, host_ids.data());
+    const int64_t rows = which == LogitsFor::LastToken ? int64_t(slices.size()) : n;
+    logits = backend_.alloc(DType::F32, {rows, config_.vocab_size});
+    run_forward(cache, token_ids, positions, slices, which, logits);
+  }
+  for (const SequenceInput& item : items) cache.advance(item.seq, int64_t(item.ids.size()));
+  return logits;
+}
 
+void LlamaModel::run_forward(KvCache& cache, const Tensor& token_ids, const Tensor& positions,
+                             std::span<const BatchSlice> slices, LogitsFor which, Tensor& logits) {
+  const int64_t n = token_ids.dim(0);
   Activations act(backend_, config_, n);
   backend_.embedding(weights_.embed_tokens, token_ids, act.x);
   for (int layer = 0; layer < int(config_.num_hidden_layers); ++layer) {
     run_layer(layer, act, positions, cache, slices);
   }
-  for (const SequenceInput& item : items) cache.advance(item.seq, int64_t(item.ids.size()));
-
   // LastToken: one row per sequence (its last token); AllTokens: every row.
   const float eps = float(config_.rms_norm_eps);
-  const int64_t rows = which == LogitsFor::LastToken ? int64_t(slices.size()) : n;
+  const int64_t rows = logits.dim(0);
   Tensor normed = act.normed.slice_rows(0, rows);
-  if (which == LogitsFor::AllTokens) {
+  if (which == LogitsFor::AllTokens || rows == n) {
     backend_.rmsnorm(act.x, weights_.final_norm, eps, normed);
   } else {
     for (size_t i = 0; i < slices.size(); ++i) {
@@ -173,9 +186,7 @@ Tensor LlamaModel::forward_batch(KvCache& cache, std::span<const SequenceInput> 
       backend_.rmsnorm(act.x.slice_rows(slices[i].begin + slices[i].count - 1, 1), weights_.final_norm, eps, row);
     }
   }
-  Tensor logits = backend_.alloc(DType::F32, {rows, config_.vocab_size});
   backend_.linear(normed, weights_.lm_head, logits);
-  return logits;
 }
 
 std::vector<float> LlamaModel::forward_to_host(KvCache& cache, int seq,

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -36,8 +38,13 @@ class LlamaModel {
   // Several sequences at once (continuous batching): the projections run over all their tokens
   // together, so each weight is read once per step; attention runs per sequence over its own
   // cache blocks. Logits: one row per sequence (its last token) for LastToken, [total tokens,
-  // vocab] in input order for AllTokens.
+  // vocab] in input order for AllTokens. Decode steps (one token per sequence, LastToken) replay
+  // a recorded graph on backends that have graphs; their logits tensor is reused, so it holds
+  // this step's logits until the next forward call.
   Tensor forward_batch(KvCache& cache, std::span<const SequenceInput> items, LogitsFor which);
+
+  // Graphs for decode steps are on by default; off runs every op eagerly (profiling, tests).
+  void set_graphs_enabled(bool enabled) { graphs_enabled_ = enabled; }
 
   // forward() with the logits copied to the host, row-major [rows, vocab].
   std::vector<float> forward_to_host(KvCache& cache, int seq, std::span<const int32_t> ids,
@@ -45,19 +52,41 @@ class LlamaModel {
 
  private:
   struct Activations;
+  // A recorded decode step for one batch size over one cache (decode_graph.cpp).
+  struct DecodeGraph {
+    uint64_t cache_id = 0;
+    int64_t max_blocks = 0;
+    Tensor inputs;  // [batch * (2 + max_blocks)] i32: ids, positions, one block table per row
+    Tensor logits;  // [batch, vocab] f32
+    std::unique_ptr<OpGraph> graph;
+  };
   struct BatchSlice {
     int seq;
     int64_t begin;  // first row of this sequence's tokens in the batch
     int64_t count;
+    Tensor table;   // [max blocks] i32 block table to read; empty: the sequence's own
   };
   void linear(const Tensor& x, const LinearWeight& w, Tensor& out);
   void run_layer(int layer, Activations& act, const Tensor& positions, KvCache& cache,
                  std::span<const BatchSlice> slices);
+  // Embedding, layers, final norm and LM head of one batch into `logits` (rows as forward_batch).
+  void run_forward(KvCache& cache, const Tensor& token_ids,  // [n] i32
+                   const Tensor& positions,                  // [n] i32
+                   std::span<const BatchSlice> slices, LogitsFor which,
+                   Tensor& logits);                          // [rows, vocab] f32
+  bool graph_eligible(std::span<const SequenceInput> items, LogitsFor which) const;
+  // Replays (recording it first when needed) the decode graph for this batch size and cache.
+  Tensor decode_with_graph(KvCache& cache, std::span<const BatchSlice> slices,
+                           std::span<const int32_t> host_ids,
+                           std::span<const int32_t> host_positions);
 
   LlamaConfig config_;
   Backend& backend_;
   LlamaWeights weights_;  // on the backend
   Tensor inv_freq_;       // [head_dim / 2] f32 on the backend
+  bool graphs_enabled_ = true;
+  bool graphs_supported_ = true;  // false once the backend declined to record
+  std::map<int64_t, std::unique_ptr<DecodeGraph>> decode_graphs_;  // by batch size
 };
 
 }  // namespace llamaq

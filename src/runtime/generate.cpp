@@ -25,17 +25,43 @@ GenerateResult generate(LlamaModel& model, KvCache& cache, int seq,
   result.prompt_tokens = int64_t(prompt.size());
   Sampler sampler(options.sampling);
   std::vector<int32_t> history(prompt.begin(), prompt.end());
+  // Plain greedy decoding picks the argmax on the device and copies one id back; everything else
+  // samples on the host from the copied logits.
+  const bool device_greedy =
+      options.sampling.temperature == 0.0f && options.sampling.repetition_penalty == 1.0f;
+  Backend& backend = model.backend();
+  Tensor next_id = device_greedy ? backend.alloc(DType::I32, {1}) : Tensor();
+  auto next_token = [&](std::span<const int32_t> ids) {
+    const Tensor logits = model.forward(cache, seq, ids, LogitsFor::LastToken);
+    int32_t token = 0;
+    if (device_greedy) {
+      backend.argmax(logits, next_id);
+      backend.copy_to_host(next_id, &token);
+    } else {
+      std::vector<float> host(size_t(logits.numel()));
+      backend.copy_to_host(logits, host.data());
+      token = sampler.sample(host, history);
+    }
+    return token;
+  };
   const Stopwatch prompt_clock;
-  std::vector<float> logits;
+  int32_t token = 0;
   for (size_t begin = 0; begin < prompt.size(); begin += size_t(options.prefill_chunk)) {
     const size_t count = std::min(prompt.size() - begin, size_t(options.prefill_chunk));
-    logits = model.forward_to_host(cache, seq, prompt.subspan(begin, count), LogitsFor::LastToken);
+    if (begin + count < prompt.size()) {
+      model.forward(cache, seq, prompt.subspan(begin, count), LogitsFor::LastToken);
+    } else {
+      token = next_token(prompt.subspan(begin, count));
+    }
   }
   result.prompt_seconds = prompt_clock.seconds();
 
   const Stopwatch generate_clock;
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
-    const int32_t token = sampler.sample(logits, history);
+    if (step > 0) {
+      const int32_t previous[1] = {result.tokens.back()};
+      token = next_token(previous);
+    }
     if (std::find(options.stop_ids.begin(), options.stop_ids.end(), token) !=
         options.stop_ids.end()) {
       result.stop_token = token;
@@ -48,9 +74,6 @@ GenerateResult generate(LlamaModel& model, KvCache& cache, int seq,
       result.reason = StopReason::Cancelled;
       break;
     }
-    if (step + 1 == options.max_new_tokens) break;
-    const int32_t next[1] = {token};
-    logits = model.forward_to_host(cache, seq, next, LogitsFor::LastToken);
   }
   result.generate_seconds = generate_clock.seconds();
   return result;

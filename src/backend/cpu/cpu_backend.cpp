@@ -48,6 +48,7 @@ class CpuBackend final : public Backend {
     cpu::swiglu(pool_, gate, up, out);
   }
   void add_inplace(Tensor& x, const Tensor& y) override { cpu::add_inplace(pool_, x, y); }
+  void argmax(const Tensor& logits, Tensor& ids) override { cpu::argmax(logits, ids); }
 
  private:
   ThreadPool pool_;

@@ -22,5 +22,6 @@ void attention(ThreadPool& pool, const Tensor& q, const Tensor& positions, const
                Tensor& out);
 void swiglu(ThreadPool& pool, const Tensor& gate, const Tensor& up, Tensor& out);
 void add_inplace(ThreadPool& pool, Tensor& x, const Tensor& y);
+void argmax(const Tensor& logits, Tensor& ids);
 
 }  // namespace llamaq::cpu

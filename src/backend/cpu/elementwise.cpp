@@ -1,4 +1,4 @@
-// CPU reference row-wise ops: embedding lookup, RMSNorm, RoPE, SwiGLU, residual add.
+// CPU reference row-wise ops: embedding lookup, RMSNorm, RoPE, SwiGLU, residual add, argmax.
 #include <cmath>
 
 #include "backend/cpu/cpu_ops.h"
@@ -90,6 +90,24 @@ void add_inplace(ThreadPool& pool, Tensor& x, const Tensor& y) {
         for (int64_t i = begin; i < end; ++i) xs[i] += ys[i];
       },
       4096);
+}
+
+void argmax(const Tensor& logits, Tensor& ids) {
+  if (logits.dtype() != DType::F32 || logits.rank() != 2) fail("argmax: logits must be a f32 matrix");
+  const int64_t rows = logits.dim(0);
+  const int64_t vocab = logits.dim(1);
+  if (ids.dtype() != DType::I32 || ids.rank() != 1 || ids.dim(0) != rows) {
+    fail("argmax: ids must be i32 [{}]", rows);
+  }
+  if (vocab == 0) fail("argmax: empty rows");
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = logits.data_as<const float>() + r * vocab;
+    int64_t best = 0;
+    for (int64_t i = 1; i < vocab; ++i) {
+      if (row[i] > row[best] || (std::isnan(row[best]) && !std::isnan(row[i]))) best = i;
+    }
+    ids.data_as<int32_t>()[r] = int32_t(best);
+  }
 }
 
 }  // namespace llamaq::cpu

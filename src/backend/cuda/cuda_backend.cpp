@@ -1,14 +1,15 @@
 #include "backend/cuda/cuda_backend.h"
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_graph.h"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/tensor_checks.h"
 #include "backend/cuda/upload.h"
 
 namespace llamaq {
 
-std::unique_ptr<Backend> make_cuda_backend(int device) {
-  return std::make_unique<cuda::CudaBackend>(device);
+std::unique_ptr<Backend> make_cuda_backend(int device, CudaBackendOptions options) {
+  return std::make_unique<cuda::CudaBackend>(device, options);
 }
 
 namespace cuda {
@@ -102,6 +103,9 @@ void CudaBackend::kv_store(const Tensor& k, const Tensor& v, const Tensor& posit
 void CudaBackend::attention(const Tensor& q, const Tensor& positions, const KvLayerView& kv,
                             Tensor& out) {
   ctx_.activate("attention");
+  if (options_.attention == AttentionImpl::Naive) {
+    fail_op("attention", "the naive (materialized scores) attention is not in this build");
+  }
   cuda::attention(ctx_, q, positions, kv, out);
 }
 
@@ -113,6 +117,31 @@ void CudaBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& out) {
 void CudaBackend::add_inplace(Tensor& x, const Tensor& y) {
   ctx_.activate("add_inplace");
   cuda::add_inplace(ctx_, x, y);
+}
+
+void CudaBackend::argmax(const Tensor& logits, Tensor& ids) {
+  ctx_.activate("argmax");
+  cuda::argmax(ctx_, logits, ids);
+}
+
+std::unique_ptr<OpGraph> CudaBackend::capture(const std::function<void()>& record) {
+  return capture_graph(ctx_, record);
+}
+
+MemoryStats CudaBackend::memory_stats() const {
+  const DeviceAllocator& a = ctx_.allocator();
+  return MemoryStats{int64_t(a.live_bytes()), int64_t(a.peak_live_bytes()),
+                     int64_t(a.peak_reserved_bytes())};
+}
+
+void CudaBackend::reset_peak_memory() { ctx_.allocator().reset_peaks(); }
+
+std::unique_ptr<TimingMark> CudaBackend::timing_mark() {
+  return std::make_unique<CudaEventMark>(ctx_);
+}
+
+double CudaBackend::elapsed_ms(const TimingMark& from, const TimingMark& to) {
+  return elapsed_between(from, to);
 }
 
 }  // namespace cuda

@@ -14,14 +14,25 @@
 
 namespace llamaq {
 
+// Which attention kernels the CUDA backend runs.
+enum class AttentionImpl {
+  Flash,  // FlashAttention-2-style prefill and split-KV decode (no scores matrix)
+  Naive,  // scores materialized as plain implementations do (for comparison and testing)
+};
+
+struct CudaBackendOptions {
+  AttentionImpl attention = AttentionImpl::Flash;
+};
+
 // The CUDA backend on `device` (a CUDA device index). Throws when the device does not exist.
-std::unique_ptr<Backend> make_cuda_backend(int device = 0);
+std::unique_ptr<Backend> make_cuda_backend(int device = 0, CudaBackendOptions options = {});
 
 namespace cuda {
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) : ctx_(device) {}
+  explicit CudaBackend(int device, CudaBackendOptions options = {})
+      : ctx_(device), options_(options) {}
 
   std::string_view name() const override { return "cuda"; }
   Device device() const override { return Device::Cuda; }
@@ -42,6 +53,12 @@ class CudaBackend final : public Backend {
                  Tensor& out) override;
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void add_inplace(Tensor& x, const Tensor& y) override;
+  void argmax(const Tensor& logits, Tensor& ids) override;
+  std::unique_ptr<OpGraph> capture(const std::function<void()>& record) override;
+  MemoryStats memory_stats() const override;
+  void reset_peak_memory() override;
+  std::unique_ptr<TimingMark> timing_mark() override;
+  double elapsed_ms(const TimingMark& from, const TimingMark& to) override;
 
   // For tests and benchmarks: the context, to call the ops' alternative paths directly.
   CudaContext& context() { return ctx_; }
@@ -55,6 +72,7 @@ class CudaBackend final : public Backend {
   };
 
   CudaContext ctx_;
+  CudaBackendOptions options_;
   std::mutex nf4_mutex_;
   std::map<const nf4::Nf4Weight*, Nf4Upload> nf4_uploads_;
 };

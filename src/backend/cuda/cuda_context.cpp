@@ -23,6 +23,12 @@ CudaContext::CudaContext(int device)
   check_cublas(cublasSetStream(cublas_, stream_), "init", "cublasSetStream");
   // Plain fp32 accumulation: no TF32 or reduced-precision reductions behind our back.
   check_cublas(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH), "init", "cublasSetMathMode");
+  // A workspace of our own (32 MiB, NVIDIA's recommendation for Hopper) instead of cuBLAS's
+  // internal pool, which may allocate during a stream capture.
+  constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
+  cublas_workspace_ = allocator_->allocate(kCublasWorkspaceBytes, "init");
+  check_cublas(cublasSetWorkspace(cublas_, cublas_workspace_.get(), kCublasWorkspaceBytes), "init",
+               "cublasSetWorkspace");
   check_cuda(cudaHostAlloc(reinterpret_cast<void**>(&host_status_), sizeof(DeviceStatus),
                            cudaHostAllocMapped),
              "init", "cudaHostAlloc");
@@ -44,6 +50,7 @@ Tensor CudaContext::empty(DType dtype, Shape shape, const char* op) {
   const size_t bytes = size_t((numel * dtype_bits(dtype) + 7) / 8);
   std::shared_ptr<void> block = allocator_->allocate(std::max<size_t>(bytes, 1), op);
   void* data = block.get();
+  if (capturing_) captured_allocations_.push_back(block);
   return Tensor(data, dtype, std::move(shape), Device::Cuda, std::move(block));
 }
 
@@ -53,6 +60,24 @@ Tensor CudaContext::zeros(DType dtype, Shape shape, const char* op) {
     check_cuda(cudaMemsetAsync(t.data(), 0, size_t(t.nbytes()), stream_), op, "cudaMemsetAsync");
   }
   return t;
+}
+
+void CudaContext::begin_capture(const char* op) {
+  if (capturing_) throw Error(fmt::format("cuda {}: a capture is already in progress", op));
+  // Relaxed: allocating (cudaMalloc on a cache miss) is allowed while the stream records.
+  check_cuda(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed), op,
+             "cudaStreamBeginCapture");
+  capturing_ = true;
+  captured_allocations_.clear();
+}
+
+CudaContext::Captured CudaContext::end_capture(const char* op) {
+  Captured captured;
+  capturing_ = false;
+  captured.allocations = std::move(captured_allocations_);
+  captured_allocations_.clear();
+  check_cuda(cudaStreamEndCapture(stream_, &captured.graph), op, "cudaStreamEndCapture");
+  return captured;
 }
 
 void CudaContext::activate(const char* op) const {

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "backend/cuda/device_allocator.h"
 #include "core/tensor.h"
@@ -38,6 +39,20 @@ class CudaContext {
   Tensor empty(DType dtype, Shape shape, const char* op);
   Tensor zeros(DType dtype, Shape shape, const char* op);
 
+  // Stream capture (CUDA graphs): between begin_capture and end_capture the stream records work
+  // instead of running it, and every block empty()/zeros() hands out is also kept in a list that
+  // end_capture returns, so the graph can own them. end_capture also ends a capture that failed.
+  void begin_capture(const char* op);
+  struct Captured {
+    cudaGraph_t graph = nullptr;  // null when the capture failed (the error was thrown before)
+    std::vector<std::shared_ptr<void>> allocations;
+  };
+  Captured end_capture(const char* op);
+  bool capturing() const { return capturing_; }
+
+  DeviceAllocator& allocator() { return *allocator_; }
+  const DeviceAllocator& allocator() const { return *allocator_; }
+
   // Makes this context's device current on the calling thread.
   void activate(const char* op) const;
   // Waits for the stream, then throws for any error a kernel reported through the status block.
@@ -49,6 +64,9 @@ class CudaContext {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   std::shared_ptr<DeviceAllocator> allocator_;
+  std::shared_ptr<void> cublas_workspace_;  // fixed, so cuBLAS never allocates inside a graph
+  bool capturing_ = false;
+  std::vector<std::shared_ptr<void>> captured_allocations_;
   DeviceStatus* host_status_ = nullptr;
   DeviceStatus* device_status_ = nullptr;
 };

@@ -59,6 +59,8 @@ std::shared_ptr<void> DeviceAllocator::allocate(size_t bytes, const char* what) 
     block = take_cached(size);
     if (!block) block = malloc_or_flush(size, what);
     live_bytes_ += size;
+    peak_live_bytes_ = std::max(peak_live_bytes_, live_bytes_);
+    peak_reserved_bytes_ = std::max(peak_reserved_bytes_, live_bytes_ + cached_bytes_);
   }
   std::shared_ptr<DeviceAllocator> self = shared_from_this();
   return std::shared_ptr<void>(block, [self, size](void* p) { self->release(p, size); });
@@ -88,6 +90,22 @@ size_t DeviceAllocator::cached_bytes() const {
 size_t DeviceAllocator::live_bytes() const {
   std::lock_guard lock(mutex_);
   return live_bytes_;
+}
+
+size_t DeviceAllocator::peak_live_bytes() const {
+  std::lock_guard lock(mutex_);
+  return peak_live_bytes_;
+}
+
+size_t DeviceAllocator::peak_reserved_bytes() const {
+  std::lock_guard lock(mutex_);
+  return peak_reserved_bytes_;
+}
+
+void DeviceAllocator::reset_peaks() {
+  std::lock_guard lock(mutex_);
+  peak_live_bytes_ = live_bytes_;
+  peak_reserved_bytes_ = live_bytes_ + cached_bytes_;
 }
 
 }  // namespace llamaq::cuda

@@ -26,6 +26,11 @@ class DeviceAllocator : public std::enable_shared_from_this<DeviceAllocator> {
 
   size_t cached_bytes() const;
   size_t live_bytes() const;
+  // Highest live bytes, and highest live + cached bytes (what the process holds from the driver),
+  // since construction or the last reset_peaks().
+  size_t peak_live_bytes() const;
+  size_t peak_reserved_bytes() const;
+  void reset_peaks();
 
  private:
   static size_t rounded(size_t bytes);
@@ -39,6 +44,8 @@ class DeviceAllocator : public std::enable_shared_from_this<DeviceAllocator> {
   std::unordered_map<size_t, std::vector<void*>> free_blocks_;  // rounded size -> blocks
   size_t cached_bytes_ = 0;
   size_t live_bytes_ = 0;
+  size_t peak_live_bytes_ = 0;
+  size_t peak_reserved_bytes_ = 0;
 };
 
 }  // namespace llamaq::cuda

@@ -1,4 +1,5 @@
-// Dense linear through cuBLAS: out[n, out] = x[n, in] W[out, in]^T. bf16/f16 weights: the f32
+// Dense linear: out[n, out] = x[n, in] W[out, in]^T. Few tokens with bf16/f16 weights: our GEMV
+// kernel (dense_gemv.cu). Otherwise cuBLAS: bf16/f16 weights: the f32
 // activations are rounded to the weight's type in a scratch buffer and multiplied with fp32
 // accumulation and f32 output (cublasGemmEx, CUBLAS_COMPUTE_32F). f32 weights: plain fp32 GEMM
 // (the handle's default math mode, so no TF32).
@@ -37,7 +38,8 @@ void gemm(CudaContext& ctx, const void* x, const Tensor& weight, float* out, int
 
 }  // namespace
 
-void linear_dense(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tensor& out) {
+void linear_dense(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tensor& out,
+                  DensePath path) {
   const char* op = "linear";
   require_tensor(x, DType::F32, 2, op, "x");
   require_on_device(weight, op, "weight");
@@ -56,6 +58,13 @@ void linear_dense(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tenso
   if (in == 0) {
     check_cuda(cudaMemsetAsync(out.data(), 0, size_t(out.nbytes()), ctx.stream()), op,
                "cudaMemsetAsync");
+    return;
+  }
+  if (path == DensePath::Gemv) {
+    require(dense_gemv_supported(x, weight), op, "the dense GEMV does not support this shape");
+  }
+  if (path == DensePath::Gemv || (path == DensePath::Auto && dense_gemv_supported(x, weight))) {
+    dense_gemv(ctx, x, weight, out);
     return;
   }
   if (weight.dtype() == DType::F32) {

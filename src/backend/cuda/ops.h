@@ -14,6 +14,7 @@ void rmsnorm(CudaContext& ctx, const Tensor& x, const Tensor& weight, float eps,
 void rope(CudaContext& ctx, Tensor& x, const Tensor& positions, const Tensor& inv_freq);
 void swiglu(CudaContext& ctx, const Tensor& gate, const Tensor& up, Tensor& out);
 void add_inplace(CudaContext& ctx, Tensor& x, const Tensor& y);
+void argmax(CudaContext& ctx, const Tensor& logits, Tensor& ids);
 void kv_store(CudaContext& ctx, const Tensor& k, const Tensor& v, const Tensor& positions,
               const KvLayerView& kv);
 
@@ -24,9 +25,17 @@ enum class AttentionPath { Auto, Flash, SplitKv };
 void attention(CudaContext& ctx, const Tensor& q, const Tensor& positions, const KvLayerView& kv,
                Tensor& out, AttentionPath path = AttentionPath::Auto);
 
+// Dense matrix-vector kernel for 1..kDenseGemvMaxTokens tokens with bf16/f16 weights (decode);
+// f32 activations used as they are. linear_dense picks it when supported (DensePath::Auto).
+inline constexpr int64_t kDenseGemvMaxTokens = 8;
+bool dense_gemv_supported(const Tensor& x, const Tensor& weight);
+void dense_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tensor& out);
+enum class DensePath { Auto, Gemv, Gemm };
+
 // Dense linear through cuBLAS: bf16/f16 weights with the activations rounded to the weight's
 // type and fp32 accumulation and output; f32 weights in plain fp32 (no TF32).
-void linear_dense(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tensor& out);
+void linear_dense(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tensor& out,
+                  DensePath path = DensePath::Auto);
 
 enum class Nf4Path { Auto, FusedGemv, DequantizeGemm };
 // `w` holds device tensors (see upload_nf4).
