@@ -51,7 +51,9 @@ std::vector<std::vector<float>> decode_run(LoadedModel& m, Backend& backend, boo
     std::vector<SequenceInput> items;
     for (size_t i = 0; i < seqs.size(); ++i) items.push_back({seqs[i], std::span(&next[i], 1)});
     out.push_back(to_host(backend, m.model->forward_batch(cache, items, LogitsFor::LastToken)));
-    for (size_t i = 0; i < next.size(); ++i) next[i] = int32_t((next[i] * 31 + step + int(i)) % 1000);
+    for (size_t i = 0; i < next.size(); ++i) {
+      next[i] = int32_t((next[i] * 31 + step + int(i)) % m.config.vocab_size);
+    }
   }
   return out;
 }
@@ -135,7 +137,7 @@ TEST_F(CudaDecodeGraph, ProfilerTimesEveryOpOnTheDevice) {
   LoadedModel m = load_model(gpu_test::model_dir("tiny-llama31"), p);
   KvCache cache(p, m.config, 64);
   const int seq = cache.add_sequence();
-  const int32_t prompt[4] = {1, 2, 3, 4};
+  const int32_t prompt[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};  // > 4 tokens: the prefill kernel
   p.begin_region("prefill");
   m.model->forward_to_host(cache, seq, prompt, LogitsFor::LastToken);
   p.begin_region("decode");
