@@ -7,6 +7,7 @@
 #include <random>
 #include <sstream>
 
+#include "bench_train.h"
 #include "cli_common.h"
 #include "commands.h"
 #include "core/error.h"
@@ -28,6 +29,7 @@ struct BenchOptions {
   int64_t gen = 64;
   int threads = 0;
   std::string json_file;
+  TrainBenchOptions train;
 };
 
 struct BenchRow {
@@ -103,6 +105,7 @@ BenchRow run_one(const BenchOptions& o, const LlamaConfig& config, LlamaWeights 
 }
 
 void run(const BenchOptions& o) {
+  if (o.train.enabled) return run_train_bench(o.train, {o.model_dir, o.preset, o.device, o.threads, o.json_file});
   if (o.model_dir.empty() == o.preset.empty()) fail("give exactly one of --model and --preset");
   ModelOptions model_options;
   model_options.device = o.device;
@@ -157,6 +160,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--gen", o->gen, "Decoded tokens")->check(CLI::PositiveNumber);
   cmd->add_option("-t,--threads", o->threads, "CPU threads (0 = all)");
   cmd->add_option("--json", o->json_file, "Also write the results as JSON");
+  add_train_bench_options(*cmd, o->train);
   cmd->callback([o] { run(*o); });
 }
 
