@@ -9,6 +9,7 @@
 #include <random>
 
 #include "bench_roofline.h"
+#include "bench_train.h"
 #include "cli_common.h"
 #include "commands.h"
 #include "core/error.h"
@@ -30,6 +31,7 @@ struct BenchOptions {
   std::string batches = "1";
   int64_t gen = 64;
   std::string json_file;
+  TrainBenchOptions train;
 };
 
 struct BenchCase {
@@ -212,6 +214,9 @@ nlohmann::json rows_json(const BenchOptions& o, const std::vector<BenchRow>& row
 }
 
 void run(BenchOptions o) {
+  if (o.train.enabled) {
+    return run_train_bench(o.train, {o.model.model_dir, o.preset, o.model.device, o.model.threads, o.json_file});
+  }
   if (o.model.model_dir.empty() == o.preset.empty()) fail("give exactly one of --model and --preset");
   const std::vector<std::string> formats = split_list(o.weights);
   const std::vector<std::string> attns = split_list(o.attn);
@@ -282,6 +287,7 @@ void register_bench(CLI::App& app) {
   cmd->add_flag("--no-graphs", o->model.no_graphs, "Launch each op of a decode step (no CUDA graph)");
   cmd->add_option("--json", o->json_file, "Also write the results as JSON");
   add_profile_option(*cmd, o->model.profile_path);
+  add_train_bench_options(*cmd, o->train);
   cmd->callback([o] { run(*o); });
 }
 

@@ -18,6 +18,7 @@ struct FinetuneCliOptions {
   int64_t lora_r = 16;
   double lora_alpha = 16;
   bool rslora = false;
+  std::string device = "cpu";
 };
 
 extern "C" void on_interrupt(int) { request_training_stop(); }
@@ -43,8 +44,12 @@ void run(FinetuneCliOptions o) {
     t.lora.target_modules = split_list(o.targets);
     if (t.lora.target_modules.empty()) fail("--targets: no module names given");
   }
+  ModelOptions device;
+  device.device = o.device;
+  device.threads = t.threads;
+  const std::unique_ptr<Backend> backend = make_backend(device);
   std::signal(SIGINT, on_interrupt);
-  const TrainSummary s = run_training(t, log_line);
+  const TrainSummary s = run_training(t, *backend, log_line);
   std::signal(SIGINT, SIG_DFL);
   std::string line = fmt::format("finetune: {} steps in {:.1f} s ({:.0f} tokens/s), loss {:.4f} -> {:.4f}",
                                  s.steps, s.seconds, s.seconds > 0 ? double(s.tokens) / s.seconds : 0.0,
@@ -87,6 +92,8 @@ void register_finetune(CLI::App& app) {
   cmd->add_option("--resume", t.resume_dir, "Continue from a checkpoint folder");
   cmd->add_option("-s,--seed", t.batching.seed, "Seed for initialisation and shuffling");
   cmd->add_option("-t,--threads", t.threads, "CPU threads (0 = all)");
+  cmd->add_option("--device", o->device, "cpu or cuda (base, adapters and optimizer on the GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->callback([o] { run(*o); });
 }
 

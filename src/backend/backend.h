@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string_view>
 
 #include "core/tensor.h"
@@ -41,6 +42,18 @@ struct MemoryStats {
   int64_t live = 0;           // in use now
   int64_t peak_live = 0;      // highest in use since the last reset
   int64_t peak_reserved = 0;  // highest held from the device, cached free blocks included
+};
+
+// One AdamW update of an f32 parameter, as torch's _single_tensor_adamw computes it:
+//   p *= decay; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+//   p -= step_size * m / float(sqrt(double(v)) / bias_correction2_sqrt + eps).
+struct AdamWUpdate {
+  float step_size = 0;  // lr / (1 - beta1^t)
+  float decay = 1;      // 1 - lr * weight_decay
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  double eps = 1e-8;
+  double bias_correction2_sqrt = 1;  // sqrt(1 - beta2^t)
 };
 
 class Backend {
@@ -120,6 +133,88 @@ class Backend {
   // (ties go to the lowest index; NaN never wins).
   virtual void argmax(const Tensor& logits,  // [rows, vocab] f32
                       Tensor& ids) = 0;      // [rows] i32
+
+  // ---- Training: backward ops, loss and optimizer (the QLoRA trainer, src/train). ----
+  // Each backward op mirrors a forward op; the CPU versions are the references of
+  // backend/cpu/backward.h and backend/cpu/train_ops.h.
+
+  // dx of y = w * x * rsqrt(mean(x^2) + eps).
+  virtual void rmsnorm_backward(const Tensor& x,       // [n, d] f32 forward input
+                                const Tensor& weight,  // [d]
+                                float eps,
+                                const Tensor& dy,      // [n, d] f32
+                                Tensor& dx) = 0;       // [n, d] f32 (overwritten)
+
+  // RoPE's gradient: the rotation by -theta, in place.
+  virtual void rope_backward(Tensor& grad,                 // [n, heads, head_dim] f32
+                             const Tensor& positions,      // [n] i32
+                             const Tensor& inv_freq) = 0;  // [head_dim / 2] f32
+
+  // Causal GQA attention of one contiguous sequence (key t is token t, positions 0..n-1).
+  // `out` is the forward output (FlashAttention-2 uses rowsum(dO * O); the CPU reference
+  // recomputes the probabilities and ignores it).
+  virtual void attention_backward(const Tensor& q,      // [n, H, D] f32 (after RoPE)
+                                  const Tensor& k,      // [n, Hkv, D] f32 (after RoPE)
+                                  const Tensor& v,      // [n, Hkv, D] f32
+                                  const Tensor& out,    // [n, H * D] f32 forward output
+                                  const Tensor& d_out,  // [n, H * D] f32
+                                  Tensor& dq,           // [n, H, D] f32 (overwritten)
+                                  Tensor& dk,           // [n, Hkv, D] f32 (overwritten)
+                                  Tensor& dv) = 0;      // [n, Hkv, D] f32 (overwritten)
+
+  virtual void swiglu_backward(const Tensor& gate,  // [n, f] f32
+                               const Tensor& up,    // [n, f] f32
+                               const Tensor& ds,    // [n, f] f32
+                               Tensor& d_gate,      // [n, f] f32 (overwritten)
+                               Tensor& d_up) = 0;   // [n, f] f32 (overwritten)
+
+  // dx = dy W for y = x W^T; W dense or NF4 (dequantized a slice at a time, never the model).
+  virtual void linear_backward_input(const Tensor& dy,       // [n, out] f32
+                                     const LinearWeight& w,  // [out, in] (LoRA ignored)
+                                     Tensor& dx) = 0;        // [n, in] f32 (overwritten)
+
+  // c (+)= a^T b, all f32 (LoRA weight gradients).
+  virtual void matmul_tn(const Tensor& a,  // [n, p] f32
+                         const Tensor& b,  // [n, q] f32
+                         Tensor& c,        // [p, q] f32
+                         bool accumulate) = 0;
+  // c = a b, all f32.
+  virtual void matmul_nn(const Tensor& a,  // [n, p] f32
+                         const Tensor& b,  // [p, q] f32
+                         Tensor& c) = 0;   // [n, q] f32 (overwritten)
+
+  virtual void scale(const Tensor& x,  // [...] f32
+                     float s,
+                     Tensor& out) = 0;  // [...] f32: out = s * x (may alias x)
+  virtual void multiply(const Tensor& x,  // [...] f32
+                        const Tensor& y,  // [...] f32
+                        Tensor& out) = 0;  // [...] f32: out = x * y (may alias x)
+  virtual void zero(Tensor& x) = 0;  // any dtype: all bytes 0
+
+  // LoRA dropout mask: mask[i] = mix64(base + i) < threshold ? keep_scale : 0 (backend/mix64.h),
+  // so every backend and every recomputation draws the same mask.
+  virtual void dropout_mask(uint64_t base, uint64_t threshold, float keep_scale,
+                            Tensor& mask) = 0;  // [...] f32
+
+  // Cross-entropy of rows of logits against targets (kIgnore = -100 rows give 0 and a zero
+  // gradient; other targets must be in [0, vocab), checked by the caller). Overwrites the logits
+  // with d(sum(CE) / normalizer)/d(logits).
+  virtual void cross_entropy(Tensor& logits,         // [rows, vocab] f32, gradient out
+                             const Tensor& targets,  // [rows] i32
+                             double normalizer,
+                             Tensor& losses) = 0;    // [rows] f64: CE of each row
+
+  // sum over all tensors of sum(x^2), accumulated in double (waits for the device).
+  virtual double sum_of_squares(std::span<const Tensor> xs) = 0;  // each [...] f32
+
+  virtual void adamw_step(Tensor& param,       // [...] f32
+                          const Tensor& grad,  // [...] f32
+                          Tensor& exp_avg,     // [...] f32
+                          Tensor& exp_avg_sq,  // [...] f32
+                          const AdamWUpdate& update) = 0;
+
+  // Waits for all queued work (step timing); a no-op on the CPU.
+  virtual void synchronize() = 0;
 };
 
 // The CPU reference backend with n_threads threads (<= 0: all hardware threads).

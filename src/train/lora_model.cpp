@@ -4,8 +4,7 @@
 #include <cmath>
 #include <random>
 
-#include "backend/cpu/backward.h"
-#include "backend/cpu/cpu_ops.h"
+#include "backend/mix64.h"
 #include "core/error.h"
 #include "model/rope.h"
 
@@ -13,35 +12,42 @@ namespace llamaq {
 namespace {
 
 enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown, kProjCount };
-constexpr const char* kProjNames[kProjCount] = {"self_attn.q_proj", "self_attn.k_proj",
-                                                "self_attn.v_proj", "self_attn.o_proj",
-                                                "mlp.gate_proj",    "mlp.up_proj",
-                                                "mlp.down_proj"};
+constexpr const char* kProjNames[kProjCount] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
 
-const LinearWeight& projection(const LayerWeights& w, int p) {
-  const LinearWeight* all[kProjCount] = {&w.q_proj,    &w.k_proj,  &w.v_proj,   &w.o_proj,
-                                         &w.gate_proj, &w.up_proj, &w.down_proj};
+LinearWeight& projection(LayerWeights& w, int p) {
+  LinearWeight* all[kProjCount] = {&w.q_proj,    &w.k_proj,  &w.v_proj,   &w.o_proj,
+                                   &w.gate_proj, &w.up_proj, &w.down_proj};
   return *all[p];
 }
 
-Tensor f32(Shape shape) { return Tensor::zeros(DType::F32, std::move(shape)); }
-
-void add_into(Tensor& x, const Tensor& y) {
-  float* a = x.data_as<float>();
-  const float* b = y.data_as<const float>();
-  for (int64_t i = 0; i < x.numel(); ++i) a[i] += b[i];
+const LinearWeight& projection(const LayerWeights& w, int p) {
+  return projection(const_cast<LayerWeights&>(w), p);
 }
 
-void scale_into(Tensor& x, float s) {
-  float* a = x.data_as<float>();
-  for (int64_t i = 0; i < x.numel(); ++i) a[i] *= s;
+Tensor host_f32(Shape shape) {
+  return Tensor::zeros(DType::F32, std::move(shape));
 }
 
-double log_sum_exp(const float* row, int64_t n) {
-  const float max = *std::max_element(row, row + n);
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += std::exp(double(row[i]) - max);
-  return double(max) + std::log(sum);
+// The frozen base on the backend (host tensors as they are on the CPU). A LoRA branch of a loaded
+// adapter is not part of the trainable model and is not uploaded.
+LlamaWeights upload_base(Backend& b, const LlamaWeights& host) {
+  LlamaWeights w;
+  w.embed_tokens = b.upload(host.embed_tokens);
+  for (const LayerWeights& h : host.layers) {
+    LayerWeights l;
+    l.input_norm = b.upload(h.input_norm);
+    l.post_attention_norm = b.upload(h.post_attention_norm);
+    for (int p = 0; p < kProjCount; ++p) {
+      projection(l, p) = b.upload_linear(projection(h, p));
+    }
+    w.layers.push_back(std::move(l));
+  }
+  w.final_norm = b.upload(host.final_norm);
+  const bool tied = host.lm_head.weight.data() == host.embed_tokens.data();
+  w.lm_head = tied ? LinearWeight::dense(w.embed_tokens) : b.upload_linear(host.lm_head);
+  return w;
 }
 
 }  // namespace
@@ -59,15 +65,45 @@ struct LoraTrainModel::Cache {
 };
 
 LoraTrainModel::LoraTrainModel(LlamaConfig config, LlamaWeights base, int threads)
-    : config_(std::move(config)), base_(std::move(base)), pool_(threads) {
-  for (const LayerWeights& w : base_.layers) layers_.push_back(Layer{&w, {}});
-  for (Layer& l : layers_) l.lora.fill(-1);
+    : owned_backend_(make_cpu_backend(threads)),
+      backend_(*owned_backend_),
+      config_(std::move(config)),
+      base_(upload_base(backend_, base)) {
+  for (const LayerWeights& w : base_.layers)
+    layers_.push_back(Layer{&w, {}});
+  for (Layer& l : layers_)
+    l.lora.fill(-1);
   const std::vector<float> inv_freq = rope_inv_freq(config_);
-  inv_freq_ = f32({int64_t(inv_freq.size())});
-  std::copy(inv_freq.begin(), inv_freq.end(), inv_freq_.data_as<float>());
+  inv_freq_ = backend_.alloc(DType::F32, {int64_t(inv_freq.size())});
+  backend_.copy_from_host(inv_freq_, inv_freq.data());
+}
+
+LoraTrainModel::LoraTrainModel(LlamaConfig config, const LlamaWeights& base, Backend& backend)
+    : backend_(backend), config_(std::move(config)), base_(upload_base(backend_, base)) {
+  for (const LayerWeights& w : base_.layers)
+    layers_.push_back(Layer{&w, {}});
+  for (Layer& l : layers_)
+    l.lora.fill(-1);
+  const std::vector<float> inv_freq = rope_inv_freq(config_);
+  inv_freq_ = backend_.alloc(DType::F32, {int64_t(inv_freq.size())});
+  backend_.copy_from_host(inv_freq_, inv_freq.data());
 }
 
 LoraTrainModel::~LoraTrainModel() = default;
+
+void LoraTrainModel::add_param(size_t layer, int projection, std::string module,
+                               const Tensor& host_a, const Tensor& host_b, float scale) {
+  LoraParam param{std::move(module),
+                  backend_.alloc(DType::F32, host_a.shape()),
+                  backend_.alloc(DType::F32, host_b.shape()),
+                  backend_.alloc(DType::F32, host_a.shape()),
+                  backend_.alloc(DType::F32, host_b.shape()),
+                  scale};
+  backend_.copy_from_host(param.a, host_a.data());
+  backend_.copy_from_host(param.b, host_b.data());
+  layers_[layer].lora[size_t(projection)] = int(params_.size());
+  params_.push_back(std::move(param));
+}
 
 void LoraTrainModel::init_lora(const LoraConfig& config, uint64_t seed) {
   lora_config_ = config;
@@ -79,17 +115,15 @@ void LoraTrainModel::init_lora(const LoraConfig& config, uint64_t seed) {
       if (!config.targets(module)) continue;
       const LinearWeight& w = projection(*layers_[l].weights, p);
       const int64_t r = config.rank_for(module);
-      LoraParam param{module, f32({r, w.in_features()}), f32({w.out_features(), r}),
-                      f32({r, w.in_features()}), f32({w.out_features(), r}),
-                      float(config.scaling_for(module))};
+      Tensor a = host_f32({r, w.in_features()});
       // PEFT: kaiming_uniform_(a=sqrt(5)) gives U(-1/sqrt(in), 1/sqrt(in)); B starts at zero.
       const double bound = 1.0 / std::sqrt(double(w.in_features()));
-      for (int64_t i = 0; i < param.a.numel(); ++i) {
+      for (int64_t i = 0; i < a.numel(); ++i) {
         const double u = double(rng() >> 11) * 0x1.0p-53;
-        param.a.data_as<float>()[i] = float((2 * u - 1) * bound);
+        a.data_as<float>()[i] = float((2 * u - 1) * bound);
       }
-      layers_[l].lora[size_t(p)] = int(params_.size());
-      params_.push_back(std::move(param));
+      add_param(l, p, module, a, host_f32({w.out_features(), r}),
+                float(config.scaling_for(module)));
     }
   }
   if (params_.empty()) fail("LoRA: the target modules match no projection of this model");
@@ -110,12 +144,10 @@ void LoraTrainModel::load_lora(const PeftAdapter& adapter) {
         fail("{}: `{}` does not fit the [{}, {}] projection", file, module, w.out_features(),
              w.in_features());
       }
-      LoraParam param{module, f32(t.a.shape()), f32(t.b.shape()), f32(t.a.shape()),
-                      f32(t.b.shape()), float(adapter.config.scaling_for(module))};
-      std::copy_n(t.a.data_as<const float>(), t.a.numel(), param.a.data_as<float>());
-      std::copy_n(t.b.data_as<const float>(), t.b.numel(), param.b.data_as<float>());
-      layers_[l].lora[size_t(p)] = int(params_.size());
-      params_.push_back(std::move(param));
+      Tensor a = host_f32(t.a.shape()), b = host_f32(t.b.shape());
+      std::copy_n(t.a.data_as<const float>(), t.a.numel(), a.data_as<float>());
+      std::copy_n(t.b.data_as<const float>(), t.b.numel(), b.data_as<float>());
+      add_param(l, p, module, a, b, float(adapter.config.scaling_for(module)));
     }
   }
   if (params_.size() != adapter.modules.size()) {
@@ -125,14 +157,19 @@ void LoraTrainModel::load_lora(const PeftAdapter& adapter) {
 
 std::map<std::string, LoraTensors> LoraTrainModel::lora_tensors() const {
   std::map<std::string, LoraTensors> out;
-  for (const LoraParam& p : params_) out[p.module] = {p.a, p.b};
+  for (const LoraParam& p : params_) {
+    Tensor a = host_f32(p.a.shape()), b = host_f32(p.b.shape());
+    backend_.copy_to_host(p.a, a.data());
+    backend_.copy_to_host(p.b, b.data());
+    out[p.module] = {a, b};
+  }
   return out;
 }
 
 void LoraTrainModel::zero_grad() {
   for (LoraParam& p : params_) {
-    std::fill_n(p.grad_a.data_as<float>(), p.grad_a.numel(), 0.0f);
-    std::fill_n(p.grad_b.data_as<float>(), p.grad_b.numel(), 0.0f);
+    backend_.zero(p.grad_a);
+    backend_.zero(p.grad_b);
   }
 }
 
@@ -140,58 +177,51 @@ namespace {
 
 // The pieces one pass needs, gathered so the layer functions stay short.
 struct Pass {
-  ThreadPool& pool;
+  Backend& b;
   const LlamaConfig& c;
   std::vector<LoraParam>& params;
-  const Tensor& positions;  // [n] i32, 0..n-1
-  const Tensor& inv_freq;
+  const Tensor& positions;   // [n] i32 on the backend, 0..n-1
+  const Tensor& inv_freq;    // [head_dim / 2] f32 on the backend
   float dropout = 0;         // LoRA dropout probability (training passes only)
   uint64_t dropout_key = 0;  // with the layer and projection, decides the mask
   int layer = 0;
-};
 
-uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
+  Tensor f32(Shape shape) const { return b.alloc(DType::F32, std::move(shape)); }
+};
 
 // Inverted dropout on the LoRA input (PEFT's nn.Dropout): each element kept with probability
 // 1 - p and scaled by 1 / (1 - p). The mask is a hash of (key, layer, projection, element), so the
 // recomputation inside backward draws exactly the same mask. [n, in] f32 of 0 or 1/(1-p).
 Tensor dropout_mask(const Pass& s, int projection, Shape shape) {
-  Tensor mask = f32(std::move(shape));
-  const uint64_t base = mix64(s.dropout_key ^ mix64(uint64_t(s.layer) * 16 + uint64_t(projection) + 1));
+  Tensor mask = s.f32(std::move(shape));
+  const uint64_t base =
+      mix64(s.dropout_key ^ mix64(uint64_t(s.layer) * 16 + uint64_t(projection) + 1));
   const double keep = 1.0 - s.dropout;
   const uint64_t threshold = uint64_t(keep * 18446744073709551615.0);
-  const float scale = float(1.0 / keep);
-  float* m = mask.data_as<float>();
-  for (int64_t i = 0; i < mask.numel(); ++i) m[i] = mix64(base + uint64_t(i)) < threshold ? scale : 0.0f;
+  s.b.dropout_mask(base, threshold, float(1.0 / keep), mask);
   return mask;
 }
 
-Tensor multiplied(const Tensor& x, const Tensor& mask) {
-  Tensor out = f32(x.shape());
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    out.data_as<float>()[i] = x.data_as<const float>()[i] * mask.data_as<const float>()[i];
-  }
+Tensor multiplied(const Pass& s, const Tensor& x, const Tensor& mask) {
+  Tensor out = s.f32(x.shape());
+  s.b.multiply(x, mask, out);
   return out;
 }
 
 // y = x W^T + scale (dropout(x) A^T) B^T; keeps dropout(x) A^T and the mask for backward.
 void projection_forward(Pass& s, const LinearWeight& w, int lora, int projection, const Tensor& x,
                         Tensor& y, Tensor& low_rank, Tensor& mask) {
-  cpu::linear(s.pool, x, w, y);
+  s.b.linear(x, w, y);
   if (lora < 0) return;
   const LoraParam& p = s.params[size_t(lora)];
-  low_rank = f32({x.dim(0), p.a.dim(0)});
+  low_rank = s.f32({x.dim(0), p.a.dim(0)});
   if (s.dropout > 0) mask = dropout_mask(s, projection, x.shape());
-  cpu::linear(s.pool, s.dropout > 0 ? multiplied(x, mask) : x, LinearWeight::dense(p.a), low_rank);
-  Tensor delta = f32({x.dim(0), p.b.dim(0)});
-  cpu::linear(s.pool, low_rank, LinearWeight::dense(p.b), delta);
-  scale_into(delta, p.scale);
+  s.b.linear(s.dropout > 0 ? multiplied(s, x, mask) : x, LinearWeight::dense(p.a), low_rank);
+  Tensor delta = s.f32({x.dim(0), p.b.dim(0)});
+  s.b.linear(low_rank, LinearWeight::dense(p.b), delta);
+  s.b.scale(delta, p.scale, delta);
   Tensor y2 = y.reshaped({x.dim(0), p.b.dim(0)});
-  add_into(y2, delta);
+  s.b.add_inplace(y2, delta);
 }
 
 // dx = dy W + mask * (scale (dy B) A); dB += scale dy^T t; dA += scale (dy B)^T (mask * x),
@@ -199,34 +229,33 @@ void projection_forward(Pass& s, const LinearWeight& w, int lora, int projection
 Tensor projection_backward(Pass& s, const LinearWeight& w, int lora, const Tensor& x,
                            const Tensor& low_rank, const Tensor& mask, const Tensor& dy) {
   const int64_t n = dy.dim(0);
-  Tensor dx = f32({n, w.in_features()});
-  cpu::linear_backward_input(s.pool, dy, w, dx);
+  Tensor dx = s.f32({n, w.in_features()});
+  s.b.linear_backward_input(dy, w, dx);
   if (lora < 0) return dx;
   LoraParam& p = s.params[size_t(lora)];
-  Tensor scaled_dy = f32(dy.shape());
-  std::copy_n(dy.data_as<const float>(), dy.numel(), scaled_dy.data_as<float>());
-  scale_into(scaled_dy, p.scale);
-  cpu::matmul_tn(s.pool, scaled_dy, low_rank, p.grad_b, /*accumulate=*/true);
-  Tensor d_low = f32({n, p.b.dim(1)});
-  cpu::matmul_nn(s.pool, scaled_dy, p.b, d_low);
+  Tensor scaled_dy = s.f32(dy.shape());
+  s.b.scale(dy, p.scale, scaled_dy);
+  s.b.matmul_tn(scaled_dy, low_rank, p.grad_b, /*accumulate=*/true);
+  Tensor d_low = s.f32({n, p.b.dim(1)});
+  s.b.matmul_nn(scaled_dy, p.b, d_low);
+  scaled_dy = Tensor();  // [n, out] scratch back to the allocator before the next one
   const bool dropped = !mask.empty();
-  cpu::matmul_tn(s.pool, d_low, dropped ? multiplied(x, mask) : x, p.grad_a, /*accumulate=*/true);
-  Tensor dx_lora = f32({n, w.in_features()});
-  cpu::matmul_nn(s.pool, d_low, p.a, dx_lora);
-  add_into(dx, dropped ? multiplied(dx_lora, mask) : dx_lora);
+  s.b.matmul_tn(d_low, dropped ? multiplied(s, x, mask) : x, p.grad_a, /*accumulate=*/true);
+  Tensor dx_lora = s.f32({n, w.in_features()});
+  s.b.matmul_nn(d_low, p.a, dx_lora);
+  if (dropped) s.b.multiply(dx_lora, mask, dx_lora);
+  s.b.add_inplace(dx, dx_lora);
   return dx;
 }
 
-// Causal attention over this sequence's own keys, through the paged-cache op with blocks of 1.
+// Causal attention over this sequence's own keys, through the paged-cache op with blocks of one
+// token: the block table is 0..n-1, which is the positions tensor itself.
 void self_attention(Pass& s, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out) {
   const int64_t n = q.dim(0);
-  Tensor table = Tensor::zeros(DType::I32, {n});
-  for (int64_t i = 0; i < n; ++i) table.data_as<int32_t>()[i] = int32_t(i);
-  const KvLayerView kv{k.reshaped({n, 1, k.dim(1), k.dim(2)}), v.reshaped({n, 1, v.dim(1), v.dim(2)}),
-                       table, 1};
-  cpu::attention(s.pool, q, s.positions, kv, out);
+  const KvLayerView kv{k.reshaped({n, 1, k.dim(1), k.dim(2)}),
+                       v.reshaped({n, 1, v.dim(1), v.dim(2)}), s.positions, 1};
+  s.b.attention(q, s.positions, kv, out);
 }
-
 
 // One decoder layer forward: y = layer(x), with what backward needs in `c`.
 void layer_forward(Pass& s, const LayerWeights& w, const std::array<int, kProjCount>& lora,
@@ -234,33 +263,34 @@ void layer_forward(Pass& s, const LayerWeights& w, const std::array<int, kProjCo
   const LlamaConfig& cfg = s.c;
   const int64_t n = x.dim(0);
   const float eps = float(cfg.rms_norm_eps);
-  c.a = f32({n, cfg.hidden_size});
-  cpu::rmsnorm(s.pool, x, w.input_norm, eps, c.a);
-  c.q = f32({n, cfg.num_attention_heads, cfg.head_dim});
-  c.k = f32({n, cfg.num_key_value_heads, cfg.head_dim});
-  c.v = f32({n, cfg.num_key_value_heads, cfg.head_dim});
+  c.a = s.f32({n, cfg.hidden_size});
+  s.b.rmsnorm(x, w.input_norm, eps, c.a);
+  c.q = s.f32({n, cfg.num_attention_heads, cfg.head_dim});
+  c.k = s.f32({n, cfg.num_key_value_heads, cfg.head_dim});
+  c.v = s.f32({n, cfg.num_key_value_heads, cfg.head_dim});
   Tensor q2 = c.q.reshaped({n, cfg.q_dim()}), k2 = c.k.reshaped({n, cfg.kv_dim()}),
          v2 = c.v.reshaped({n, cfg.kv_dim()});
   projection_forward(s, w.q_proj, lora[kQ], kQ, c.a, q2, c.low_rank[kQ], c.mask[kQ]);
   projection_forward(s, w.k_proj, lora[kK], kK, c.a, k2, c.low_rank[kK], c.mask[kK]);
   projection_forward(s, w.v_proj, lora[kV], kV, c.a, v2, c.low_rank[kV], c.mask[kV]);
-  cpu::rope(s.pool, c.q, s.positions, s.inv_freq);
-  cpu::rope(s.pool, c.k, s.positions, s.inv_freq);
-  c.attn = f32({n, cfg.q_dim()});
+  s.b.rope(c.q, s.positions, s.inv_freq);
+  s.b.rope(c.k, s.positions, s.inv_freq);
+  c.attn = s.f32({n, cfg.q_dim()});
   self_attention(s, c.q, c.k, c.v, c.attn);
-  c.h = f32({n, cfg.hidden_size});
+  c.h = s.f32({n, cfg.hidden_size});
   projection_forward(s, w.o_proj, lora[kO], kO, c.attn, c.h, c.low_rank[kO], c.mask[kO]);
-  add_into(c.h, x);
-  c.m = f32({n, cfg.hidden_size});
-  cpu::rmsnorm(s.pool, c.h, w.post_attention_norm, eps, c.m);
-  c.gate = f32({n, cfg.intermediate_size});
-  c.up = f32({n, cfg.intermediate_size});
-  projection_forward(s, w.gate_proj, lora[kGate], kGate, c.m, c.gate, c.low_rank[kGate], c.mask[kGate]);
+  s.b.add_inplace(c.h, x);
+  c.m = s.f32({n, cfg.hidden_size});
+  s.b.rmsnorm(c.h, w.post_attention_norm, eps, c.m);
+  c.gate = s.f32({n, cfg.intermediate_size});
+  c.up = s.f32({n, cfg.intermediate_size});
+  projection_forward(s, w.gate_proj, lora[kGate], kGate, c.m, c.gate, c.low_rank[kGate],
+                     c.mask[kGate]);
   projection_forward(s, w.up_proj, lora[kUp], kUp, c.m, c.up, c.low_rank[kUp], c.mask[kUp]);
-  c.s = f32({n, cfg.intermediate_size});
-  cpu::swiglu(s.pool, c.gate, c.up, c.s);
+  c.s = s.f32({n, cfg.intermediate_size});
+  s.b.swiglu(c.gate, c.up, c.s);
   projection_forward(s, w.down_proj, lora[kDown], kDown, c.s, y, c.low_rank[kDown], c.mask[kDown]);
-  add_into(y, c.h);
+  s.b.add_inplace(y, c.h);
 }
 
 // dx from dy for one layer (recomputed activations in `c`); LoRA gradients accumulate.
@@ -269,29 +299,40 @@ Tensor layer_backward(Pass& s, const LayerWeights& w, const std::array<int, kPro
   const LlamaConfig& cfg = s.c;
   const int64_t n = x.dim(0);
   const float eps = float(cfg.rms_norm_eps);
-  Tensor ds = projection_backward(s, w.down_proj, lora[kDown], c.s, c.low_rank[kDown], c.mask[kDown], dy);
-  Tensor d_gate = f32(c.gate.shape()), d_up = f32(c.up.shape());
-  cpu::swiglu_backward(s.pool, c.gate, c.up, ds, d_gate, d_up);
-  Tensor dm = projection_backward(s, w.gate_proj, lora[kGate], c.m, c.low_rank[kGate], c.mask[kGate], d_gate);
-  add_into(dm, projection_backward(s, w.up_proj, lora[kUp], c.m, c.low_rank[kUp], c.mask[kUp], d_up));
-  Tensor dh = f32({n, cfg.hidden_size});
-  cpu::rmsnorm_backward(s.pool, c.h, w.post_attention_norm, eps, dm, dh);
-  add_into(dh, dy);
-  Tensor d_attn = projection_backward(s, w.o_proj, lora[kO], c.attn, c.low_rank[kO], c.mask[kO], dh);
-  Tensor dq = f32(c.q.shape()), dk = f32(c.k.shape()), dv = f32(c.v.shape());
-  cpu::attention_backward(s.pool, c.q, c.k, c.v, d_attn, dq, dk, dv);
-  cpu::rope_backward(s.pool, dq, s.positions, s.inv_freq);
-  cpu::rope_backward(s.pool, dk, s.positions, s.inv_freq);
+  Tensor ds =
+      projection_backward(s, w.down_proj, lora[kDown], c.s, c.low_rank[kDown], c.mask[kDown], dy);
+  Tensor d_gate = s.f32(c.gate.shape()), d_up = s.f32(c.up.shape());
+  s.b.swiglu_backward(c.gate, c.up, ds, d_gate, d_up);
+  ds = Tensor();
+  Tensor dm = projection_backward(s, w.gate_proj, lora[kGate], c.m, c.low_rank[kGate],
+                                  c.mask[kGate], d_gate);
+  s.b.add_inplace(
+      dm, projection_backward(s, w.up_proj, lora[kUp], c.m, c.low_rank[kUp], c.mask[kUp], d_up));
+  Tensor dh = s.f32({n, cfg.hidden_size});
+  s.b.rmsnorm_backward(c.h, w.post_attention_norm, eps, dm, dh);
+  s.b.add_inplace(dh, dy);
+  Tensor d_attn =
+      projection_backward(s, w.o_proj, lora[kO], c.attn, c.low_rank[kO], c.mask[kO], dh);
+  Tensor dq = s.f32(c.q.shape()), dk = s.f32(c.k.shape()), dv = s.f32(c.v.shape());
+  s.b.attention_backward(c.q, c.k, c.v, c.attn, d_attn, dq, dk, dv);
+  s.b.rope_backward(dq, s.positions, s.inv_freq);
+  s.b.rope_backward(dk, s.positions, s.inv_freq);
   Tensor da = projection_backward(s, w.q_proj, lora[kQ], c.a, c.low_rank[kQ], c.mask[kQ],
                                   dq.reshaped({n, cfg.q_dim()}));
-  add_into(da, projection_backward(s, w.k_proj, lora[kK], c.a, c.low_rank[kK], c.mask[kK],
-                                   dk.reshaped({n, cfg.kv_dim()})));
-  add_into(da, projection_backward(s, w.v_proj, lora[kV], c.a, c.low_rank[kV], c.mask[kV],
-                                   dv.reshaped({n, cfg.kv_dim()})));
-  Tensor dx = f32({n, cfg.hidden_size});
-  cpu::rmsnorm_backward(s.pool, x, w.input_norm, eps, da, dx);
-  add_into(dx, dh);
+  s.b.add_inplace(da, projection_backward(s, w.k_proj, lora[kK], c.a, c.low_rank[kK], c.mask[kK],
+                                          dk.reshaped({n, cfg.kv_dim()})));
+  s.b.add_inplace(da, projection_backward(s, w.v_proj, lora[kV], c.a, c.low_rank[kV], c.mask[kV],
+                                          dv.reshaped({n, cfg.kv_dim()})));
+  Tensor dx = s.f32({n, cfg.hidden_size});
+  s.b.rmsnorm_backward(x, w.input_norm, eps, da, dx);
+  s.b.add_inplace(dx, dh);
   return dx;
+}
+
+// Rows of logits per cross-entropy chunk: [chunk, vocab] f32 exist at a time (64 on the CPU; 256
+// on a GPU, 128 MiB at a 128k vocabulary, for GEMMs large enough to fill it).
+int64_t head_chunk_rows(const Backend& b) {
+  return b.device() == Device::Cpu ? 64 : 256;
 }
 
 }  // namespace
@@ -300,80 +341,90 @@ Tensor layer_backward(Pass& s, const LayerWeights& w, const std::array<int, kPro
 // Returns sum(CE); with `dx` set, writes d(sum(CE) / normalizer)/d(x).
 double LoraTrainModel::head(const Tensor& x, std::span<const int32_t> labels, double normalizer,
                             Tensor* dx, std::vector<float>* logits_out) {
+  Backend& b = backend_;
   const int64_t n = x.dim(0), d = config_.hidden_size, vocab = config_.vocab_size;
   const float eps = float(config_.rms_norm_eps);
-  Tensor normed = f32({n, d});
-  cpu::rmsnorm(pool_, x, base_.final_norm, eps, normed);
-  Tensor d_normed = f32({n, d});
-  if (logits_out) logits_out->assign(size_t(n * vocab), 0.0f);
-  constexpr int64_t kChunk = 64;
-  double loss = 0;
-  for (int64_t r0 = 0; r0 < n; r0 += kChunk) {
-    const int64_t rows = std::min(kChunk, n - r0);
-    Tensor logits = f32({rows, vocab});
-    cpu::linear(pool_, normed.slice_rows(r0, rows), base_.lm_head, logits);
-    float* lg = logits.data_as<float>();
-    if (logits_out) std::copy_n(lg, rows * vocab, logits_out->begin() + r0 * vocab);
-    for (int64_t i = 0; i < rows; ++i) {
-      const int64_t t = r0 + i;
-      const int32_t target = t + 1 < n ? labels[size_t(t + 1)] : kIgnoreLabel;
-      float* row = lg + i * vocab;
-      if (target == kIgnoreLabel) {
-        std::fill_n(row, vocab, 0.0f);
-        continue;
-      }
-      if (target < 0 || target >= vocab) fail("label {} is out of range for a vocabulary of {}", target, vocab);
-      const double lse = log_sum_exp(row, vocab);
-      loss += lse - double(row[target]);
-      for (int64_t j = 0; j < vocab; ++j) row[j] = float(std::exp(double(row[j]) - lse) / normalizer);
-      row[target] -= float(1.0 / normalizer);
+  std::vector<int32_t> host_targets(static_cast<size_t>(n), kIgnoreLabel);
+  for (int64_t t = 0; t + 1 < n; ++t) {
+    const int32_t target = labels[size_t(t + 1)];
+    if (target != kIgnoreLabel && (target < 0 || target >= vocab)) {
+      fail("label {} is out of range for a vocabulary of {}", target, vocab);
     }
+    host_targets[size_t(t)] = target;
+  }
+  Tensor targets = b.alloc(DType::I32, {n});
+  b.copy_from_host(targets, host_targets.data());
+  Tensor losses = b.alloc(DType::F64, {n});
+  Tensor normed = b.alloc(DType::F32, {n, d});
+  b.rmsnorm(x, base_.final_norm, eps, normed);
+  Tensor d_normed = dx ? b.alloc(DType::F32, {n, d}) : Tensor();
+  if (logits_out) logits_out->assign(size_t(n * vocab), 0.0f);
+  const int64_t chunk = head_chunk_rows(b);
+  for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+    const int64_t rows = std::min(chunk, n - r0);
+    Tensor logits = b.alloc(DType::F32, {rows, vocab});
+    b.linear(normed.slice_rows(r0, rows), base_.lm_head, logits);
+    if (logits_out) b.copy_to_host(logits, logits_out->data() + r0 * vocab);
+    Tensor row_losses = losses.slice_rows(r0, rows);
+    b.cross_entropy(logits, targets.slice_rows(r0, rows), normalizer, row_losses);
     if (dx) {
       Tensor part = d_normed.slice_rows(r0, rows);
-      cpu::linear_backward_input(pool_, logits, base_.lm_head, part);
+      b.linear_backward_input(logits, base_.lm_head, part);
     }
   }
-  if (dx) cpu::rmsnorm_backward(pool_, x, base_.final_norm, eps, d_normed, *dx);
+  if (dx) b.rmsnorm_backward(x, base_.final_norm, eps, d_normed, *dx);
+  std::vector<double> host_losses(static_cast<size_t>(n));
+  b.copy_to_host(losses, host_losses.data());
+  double loss = 0;
+  for (const double l : host_losses)
+    loss += l;
   return loss;
 }
 
 double LoraTrainModel::run(std::span<const int32_t> ids, std::span<const int32_t> labels,
                            double normalizer, bool backward, std::vector<float>* logits_out) {
+  Backend& b = backend_;
   const int64_t n = int64_t(ids.size());
   if (n == 0) fail("training: empty sequence");
-  if (!labels.empty() && labels.size() != ids.size()) fail("training: labels and ids differ in length");
-  Tensor positions = Tensor::zeros(DType::I32, {n});
-  Tensor token_ids = Tensor::zeros(DType::I32, {n});
-  for (int64_t i = 0; i < n; ++i) {
-    positions.data_as<int32_t>()[i] = int32_t(i);
-    token_ids.data_as<int32_t>()[i] = ids[size_t(i)];
+  if (!labels.empty() && labels.size() != ids.size()) {
+    fail("training: labels and ids differ in length");
   }
-  Pass pass{pool_, config_, params_, positions, inv_freq_};
+  std::vector<int32_t> host_positions(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i)
+    host_positions[size_t(i)] = int32_t(i);
+  Tensor positions = b.alloc(DType::I32, {n});
+  b.copy_from_host(positions, host_positions.data());
+  Tensor token_ids = b.alloc(DType::I32, {n});
+  b.copy_from_host(token_ids, ids.data());
+  Pass pass{b, config_, params_, positions, inv_freq_};
   if (backward) {
     pass.dropout = float(lora_config_.lora_dropout);
     pass.dropout_key = dropout_key_;
   }
   // Activation checkpointing: keep only each layer's input.
   std::vector<Tensor> inputs(layers_.size() + 1);
-  inputs[0] = f32({n, config_.hidden_size});
-  cpu::embedding(pool_, base_.embed_tokens, token_ids, inputs[0]);
+  inputs[0] = pass.f32({n, config_.hidden_size});
+  b.embedding(base_.embed_tokens, token_ids, inputs[0]);
   for (size_t l = 0; l < layers_.size(); ++l) {
     Cache cache;
     pass.layer = int(l);
-    inputs[l + 1] = f32({n, config_.hidden_size});
+    inputs[l + 1] = pass.f32({n, config_.hidden_size});
     layer_forward(pass, *layers_[l].weights, layers_[l].lora, inputs[l], cache, inputs[l + 1]);
   }
   std::vector<int32_t> no_labels;
   if (labels.empty()) no_labels.assign(size_t(n), kIgnoreLabel);
   const auto targets = labels.empty() ? std::span<const int32_t>(no_labels) : labels;
-  Tensor dx = f32({n, config_.hidden_size});
-  const double loss = head(inputs.back(), targets, normalizer, backward ? &dx : nullptr, logits_out);
+  Tensor dx = backward ? pass.f32({n, config_.hidden_size}) : Tensor();
+  const double loss =
+      head(inputs.back(), targets, normalizer, backward ? &dx : nullptr, logits_out);
   if (!backward) return loss;
   for (size_t l = layers_.size(); l-- > 0;) {
     Cache cache;
     pass.layer = int(l);
-    Tensor recomputed = f32({n, config_.hidden_size});
+    Tensor recomputed = pass.f32({n, config_.hidden_size});
     layer_forward(pass, *layers_[l].weights, layers_[l].lora, inputs[l], cache, recomputed);
+    recomputed = Tensor();
+    inputs[l + 1] = Tensor();  // no longer needed: frees one [n, d] per layer as backward goes
     dx = layer_backward(pass, *layers_[l].weights, layers_[l].lora, inputs[l], cache, dx);
   }
   return loss;

@@ -27,6 +27,7 @@ std::atomic<bool> g_stop_requested{false};
 struct Run {
   const TrainOptions& o;
   const std::function<void(const std::string&)>& log;
+  Backend& backend;
   std::unique_ptr<LoraTrainModel> model;
   std::unique_ptr<TrainBatcher> batcher;
   std::vector<MicroBatch> eval_batches;
@@ -74,9 +75,12 @@ void save_checkpoint(Run& run, const fs::path& dir) {
   save_peft_adapter(dir, run.model->lora_config(), run.model->lora_tensors());
   std::vector<SafetensorsTensorData> moments;
   auto& m = run.optimizer->moments();
+  std::vector<Tensor> host(m.size());
   for (size_t i = 0; i < m.size(); ++i) {
-    moments.push_back({"moment." + std::to_string(i), DType::F32, m[i].shape(),
-                       {static_cast<const uint8_t*>(m[i].data()), size_t(m[i].nbytes())}});
+    host[i] = Tensor::zeros(DType::F32, m[i].shape());
+    run.backend.copy_to_host(m[i], host[i].data());
+    moments.push_back({"moment." + std::to_string(i), DType::F32, host[i].shape(),
+                       {static_cast<const uint8_t*>(host[i].data()), size_t(host[i].nbytes())}});
   }
   write_safetensors(dir / "optimizer.safetensors", std::move(moments));
   const nlohmann::json state = {{"step", run.step},
@@ -91,7 +95,8 @@ void load_checkpoint(Run& run, const fs::path& dir) {
   for (size_t i = 0; i < m.size(); ++i) {
     const Tensor t = file.tensor("moment." + std::to_string(i));
     if (t.shape() != m[i].shape()) fail("{}: moment {} does not fit the adapter", file.path().string(), i);
-    std::copy_n(t.data_as<const float>(), t.numel(), m[i].data_as<float>());
+    if (t.dtype() != DType::F32) fail("{}: moment {} is not f32", file.path().string(), i);
+    run.backend.copy_from_host(m[i], t.data());
   }
   const fs::path state_path = dir / "trainer_state.json";
   nlohmann::json state;
@@ -116,7 +121,7 @@ void setup(Run& run) {
   load.threads = o.threads;
   load.progress = true;
   if (o.quantize_nf4) quantize_weights(weights, load);
-  run.model = std::make_unique<LoraTrainModel>(config, std::move(weights), o.threads);
+  run.model = std::make_unique<LoraTrainModel>(config, weights, run.backend);
   LoraConfig lora = o.lora;
   lora.base_model_name_or_path = o.model_dir.string();
   if (o.resume_dir.empty()) {
@@ -128,7 +133,8 @@ void setup(Run& run) {
   const Tokenizer tokenizer = Tokenizer::from_model_dir(o.model_dir);
   const ExampleEncoder encoder(tokenizer);
   DatasetLoadOptions data_options;
-  data_options.pool = &run.model->pool();
+  ThreadPool data_pool(o.threads);
+  data_options.pool = &data_pool;
   data_options.show_progress = true;
   TrainEvalSplit split = split_train_eval(load_jsonl_examples(o.data_file, encoder, data_options),
                                           o.eval_split, o.batching.seed);
@@ -136,12 +142,12 @@ void setup(Run& run) {
   batching.pad_id = encoder.pad_id();
   run.eval_batches = make_eval_batches(split.eval, batching);
   run.batcher = std::make_unique<TrainBatcher>(std::move(split.train), batching);
-  run.optimizer = std::make_unique<AdamW>(param_tensors(*run.model, false));
+  run.optimizer = std::make_unique<AdamW>(run.backend, param_tensors(*run.model, false));
   run.grads = param_tensors(*run.model, true);
   if (!o.resume_dir.empty()) load_checkpoint(run, o.resume_dir);
-  run.log(fmt::format("training {} LoRA adapters (r {}, {:.2f} M parameters) on {} examples "
+  run.log(fmt::format("training on {}: {} LoRA adapters (r {}, {:.2f} M parameters) on {} examples "
                       "({} held out), {} steps per epoch",
-                      run.model->params().size(), lora.r,
+                      run.backend.name(), run.model->params().size(), lora.r,
                       double(std::accumulate(run.grads.begin(), run.grads.end(), int64_t(0),
                                              [](int64_t s, const Tensor& t) { return s + t.numel(); })) / 1e6,
                       run.batcher->examples(), run.eval_batches.empty() ? 0 : int64_t(std::accumulate(
@@ -155,9 +161,15 @@ void setup(Run& run) {
 void request_training_stop() { g_stop_requested = true; }
 
 TrainSummary run_training(const TrainOptions& o, const std::function<void(const std::string&)>& log) {
+  const std::unique_ptr<Backend> cpu = make_cpu_backend(o.threads);
+  return run_training(o, *cpu, log);
+}
+
+TrainSummary run_training(const TrainOptions& o, Backend& backend,
+                          const std::function<void(const std::string&)>& log) {
   o.batching.validate();
   g_stop_requested = false;
-  Run run{o, log, {}, {}, {}, {}, {}, 0};
+  Run run{o, log, backend, {}, {}, {}, {}, {}, 0};
   setup(run);
   const int64_t total = o.max_steps > 0 ? o.max_steps : o.epochs * run.batcher->steps_per_epoch();
   if (total < 1) fail("training: nothing to do (0 steps)");
@@ -180,7 +192,7 @@ TrainSummary run_training(const TrainOptions& o, const std::function<void(const 
     }
     loss /= double(std::max<int64_t>(1, batch.loss_tokens));
     StepMetrics m;
-    m.grad_norm = clip_grad_norm(run.grads, o.max_grad_norm);
+    m.grad_norm = clip_grad_norm(run.backend, run.grads, o.max_grad_norm);
     m.lr = schedule.learning_rate(o.adamw.lr, run.step);
     run.optimizer->step(run.grads, m.lr, o.adamw);
     ++run.step;

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "backend/backend.h"
 #include "io/peft_adapter.h"
 #include "train/adamw.h"
 #include "train/batching.h"
@@ -45,8 +46,13 @@ struct TrainSummary {
   bool interrupted = false;
 };
 
-// Runs training; `log` gets one-line messages. Throws llamaq::Error for bad options or data.
+// Runs training on the CPU reference backend (options.threads threads); `log` gets one-line
+// messages. Throws llamaq::Error for bad options or data.
 TrainSummary run_training(const TrainOptions& options,
+                          const std::function<void(const std::string&)>& log);
+// The same on `backend` (the CUDA backend for `llamaq finetune --device cuda`): the base, the
+// adapters, their gradients and the AdamW moments live there.
+TrainSummary run_training(const TrainOptions& options, Backend& backend,
                           const std::function<void(const std::string&)>& log);
 
 // Set by a SIGINT handler: the trainer checkpoints and stops after the current step.

@@ -1,7 +1,9 @@
 #include <cstring>
 
 #include "backend/backend.h"
+#include "backend/cpu/backward.h"
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/train_ops.h"
 #include "core/error.h"
 
 namespace llamaq {
@@ -49,6 +51,49 @@ class CpuBackend final : public Backend {
   }
   void add_inplace(Tensor& x, const Tensor& y) override { cpu::add_inplace(pool_, x, y); }
   void argmax(const Tensor& logits, Tensor& ids) override { cpu::argmax(logits, ids); }
+
+  void rmsnorm_backward(const Tensor& x, const Tensor& weight, float eps, const Tensor& dy,
+                        Tensor& dx) override {
+    cpu::rmsnorm_backward(pool_, x, weight, eps, dy, dx);
+  }
+  void rope_backward(Tensor& grad, const Tensor& positions, const Tensor& inv_freq) override {
+    cpu::rope_backward(pool_, grad, positions, inv_freq);
+  }
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& /*out*/,
+                          const Tensor& d_out, Tensor& dq, Tensor& dk, Tensor& dv) override {
+    cpu::attention_backward(pool_, q, k, v, d_out, dq, dk, dv);
+  }
+  void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& ds, Tensor& d_gate,
+                       Tensor& d_up) override {
+    cpu::swiglu_backward(pool_, gate, up, ds, d_gate, d_up);
+  }
+  void linear_backward_input(const Tensor& dy, const LinearWeight& w, Tensor& dx) override {
+    cpu::linear_backward_input(pool_, dy, w, dx);
+  }
+  void matmul_tn(const Tensor& a, const Tensor& b, Tensor& c, bool accumulate) override {
+    cpu::matmul_tn(pool_, a, b, c, accumulate);
+  }
+  void matmul_nn(const Tensor& a, const Tensor& b, Tensor& c) override {
+    cpu::matmul_nn(pool_, a, b, c);
+  }
+  void scale(const Tensor& x, float s, Tensor& out) override { cpu::scale(x, s, out); }
+  void multiply(const Tensor& x, const Tensor& y, Tensor& out) override {
+    cpu::multiply(x, y, out);
+  }
+  void zero(Tensor& x) override { cpu::zero(x); }
+  void dropout_mask(uint64_t base, uint64_t threshold, float keep_scale, Tensor& mask) override {
+    cpu::dropout_mask(base, threshold, keep_scale, mask);
+  }
+  void cross_entropy(Tensor& logits, const Tensor& targets, double normalizer,
+                     Tensor& losses) override {
+    cpu::cross_entropy(pool_, logits, targets, normalizer, losses);
+  }
+  double sum_of_squares(std::span<const Tensor> xs) override { return cpu::sum_of_squares(xs); }
+  void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                  const AdamWUpdate& update) override {
+    cpu::adamw_step(param, grad, exp_avg, exp_avg_sq, update);
+  }
+  void synchronize() override {}
 
  private:
   ThreadPool pool_;

@@ -142,6 +142,98 @@ std::unique_ptr<TimingMark> CudaBackend::timing_mark() {
 
 double CudaBackend::elapsed_ms(const TimingMark& from, const TimingMark& to) {
   return elapsed_between(from, to);
+
+// ---- Training: thin entries into backward_*.cu. ----
+
+void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, float eps,
+                                   const Tensor& dy, Tensor& dx) {
+  ctx_.activate("rmsnorm_backward");
+  cuda::rmsnorm_backward(ctx_, x, weight, eps, dy, dx);
+}
+
+void CudaBackend::rope_backward(Tensor& grad, const Tensor& positions, const Tensor& inv_freq) {
+  ctx_.activate("rope_backward");
+  cuda::rope_backward(ctx_, grad, positions, inv_freq);
+}
+
+void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                     const Tensor& out, const Tensor& d_out, Tensor& dq,
+                                     Tensor& dk, Tensor& dv) {
+  ctx_.activate("attention_backward");
+  cuda::attention_backward(ctx_, q, k, v, out, d_out, dq, dk, dv);
+}
+
+void CudaBackend::swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& ds,
+                                  Tensor& d_gate, Tensor& d_up) {
+  ctx_.activate("swiglu_backward");
+  cuda::swiglu_backward(ctx_, gate, up, ds, d_gate, d_up);
+}
+
+void CudaBackend::linear_backward_input(const Tensor& dy, const LinearWeight& w, Tensor& dx) {
+  ctx_.activate("linear_backward_input");
+  if (w.quantized()) {
+    const std::shared_ptr<const nf4::Nf4Weight> device = device_nf4(w.nf4);
+    linear_backward_input_nf4(ctx_, dy, *device, dx);
+  } else {
+    linear_backward_input_dense(ctx_, dy, w.weight, dx);
+  }
+}
+
+void CudaBackend::matmul_tn(const Tensor& a, const Tensor& b, Tensor& c, bool accumulate) {
+  ctx_.activate("matmul_tn");
+  cuda::matmul_tn(ctx_, a, b, c, accumulate);
+}
+
+void CudaBackend::matmul_nn(const Tensor& a, const Tensor& b, Tensor& c) {
+  ctx_.activate("matmul_nn");
+  cuda::matmul_nn(ctx_, a, b, c);
+}
+
+void CudaBackend::scale(const Tensor& x, float s, Tensor& out) {
+  ctx_.activate("scale");
+  cuda::scale(ctx_, x, s, out);
+}
+
+void CudaBackend::multiply(const Tensor& x, const Tensor& y, Tensor& out) {
+  ctx_.activate("multiply");
+  cuda::multiply(ctx_, x, y, out);
+}
+
+void CudaBackend::zero(Tensor& x) {
+  const char* op = "zero";
+  ctx_.activate(op);
+  require_on_device(x, op, "x");
+  if (x.nbytes() == 0) return;
+  check_cuda(cudaMemsetAsync(x.data(), 0, size_t(x.nbytes()), ctx_.stream()), op,
+             "cudaMemsetAsync");
+}
+
+void CudaBackend::dropout_mask(uint64_t base, uint64_t threshold, float keep_scale,
+                               Tensor& mask) {
+  ctx_.activate("dropout_mask");
+  cuda::dropout_mask(ctx_, base, threshold, keep_scale, mask);
+}
+
+void CudaBackend::cross_entropy(Tensor& logits, const Tensor& targets, double normalizer,
+                                Tensor& losses) {
+  ctx_.activate("cross_entropy");
+  cuda::cross_entropy(ctx_, logits, targets, normalizer, losses);
+}
+
+double CudaBackend::sum_of_squares(std::span<const Tensor> xs) {
+  ctx_.activate("sum_of_squares");
+  return cuda::sum_of_squares(ctx_, xs);
+}
+
+void CudaBackend::adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg,
+                             Tensor& exp_avg_sq, const AdamWUpdate& update) {
+  ctx_.activate("adamw_step");
+  cuda::adamw_step(ctx_, param, grad, exp_avg, exp_avg_sq, update);
+}
+
+void CudaBackend::synchronize() {
+  ctx_.activate("synchronize");
+  ctx_.synchronize("synchronize");
 }
 
 }  // namespace cuda

@@ -4,6 +4,8 @@
 // dequantize + GEMM) so that the GPU tests can check each path against the CPU at every size.
 #pragma once
 
+#include <span>
+
 #include "backend/backend.h"
 #include "backend/cuda/cuda_context.h"
 
@@ -46,5 +48,42 @@ void linear_nf4(CudaContext& ctx, const Tensor& x, const nf4::Nf4Weight& w, Tens
 void dequantize_nf4(CudaContext& ctx, const nf4::Nf4Weight& w, Tensor& out);
 // The fused GEMV's requirements on the layout (cols a multiple of 32, 16-byte aligned rows).
 bool nf4_gemv_supported(const nf4::Nf4Weight& w);
+
+// ---- Training: the backward ops, loss and optimizer of backend.h (backward_*.cu). ----
+
+// backward_rmsnorm.cu
+void rmsnorm_backward(CudaContext& ctx, const Tensor& x, const Tensor& weight, float eps,
+                      const Tensor& dy, Tensor& dx);
+// backward_rope.cu
+void rope_backward(CudaContext& ctx, Tensor& grad, const Tensor& positions,
+                   const Tensor& inv_freq);
+// backward_attention.cu: FlashAttention-2 backward (log-sum-exp pass, then one block per key tile
+// and KV head accumulating dK/dV on chip, dQ by atomics).
+void attention_backward(CudaContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& out, const Tensor& d_out, Tensor& dq, Tensor& dk,
+                        Tensor& dv);
+// backward_elementwise.cu
+void swiglu_backward(CudaContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& ds,
+                     Tensor& d_gate, Tensor& d_up);
+void scale(CudaContext& ctx, const Tensor& x, float s, Tensor& out);
+void multiply(CudaContext& ctx, const Tensor& x, const Tensor& y, Tensor& out);
+void dropout_mask(CudaContext& ctx, uint64_t base, uint64_t threshold, float keep_scale,
+                  Tensor& mask);
+// backward_linear.cu: dx = dy W through cuBLAS (bf16/f16 W: dy rounded to W's type, fp32
+// accumulation; NF4 W: dequantized one weight at a time into a reused scratch matrix).
+void linear_backward_input_dense(CudaContext& ctx, const Tensor& dy, const Tensor& weight,
+                                 Tensor& dx);
+void linear_backward_input_nf4(CudaContext& ctx, const Tensor& dy, const nf4::Nf4Weight& w,
+                               Tensor& dx);
+// f32 GEMMs (no TF32) for the LoRA gradients.
+void matmul_tn(CudaContext& ctx, const Tensor& a, const Tensor& b, Tensor& c, bool accumulate);
+void matmul_nn(CudaContext& ctx, const Tensor& a, const Tensor& b, Tensor& c);
+// backward_loss.cu
+void cross_entropy(CudaContext& ctx, Tensor& logits, const Tensor& targets, double normalizer,
+                   Tensor& losses);
+// backward_optimizer.cu
+double sum_of_squares(CudaContext& ctx, std::span<const Tensor> xs);
+void adamw_step(CudaContext& ctx, Tensor& param, const Tensor& grad, Tensor& exp_avg,
+                Tensor& exp_avg_sq, const AdamWUpdate& update);
 
 }  // namespace llamaq::cuda

@@ -1,0 +1,165 @@
+#include "bench_train.h"
+
+#include <nlohmann/json.hpp>
+
+#include <iostream>
+#include <random>
+
+#include "cli_common.h"
+#include "core/error.h"
+#include "core/resources.h"
+#include "io/atomic_file.h"
+#include "model/random_checkpoint.h"
+#include "train/adamw.h"
+#include "train/lora_model.h"
+#ifdef LLAMAQ_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace llamaq::cli {
+namespace {
+
+// Bytes in use on the current CUDA device (every process and the context included), or 0 on
+// the CPU. The backend's caching allocator never returns a block to the driver, so after the
+// steps this is the high-water mark of what training held.
+double device_used_gib(const std::string& device) {
+#ifdef LLAMAQ_HAVE_CUDA
+  if (device == "cuda") {
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) fail("bench --train: cudaMemGetInfo failed");
+    return double(total - free) / double(1 << 30);
+  }
+#else
+  (void)device;
+#endif
+  return 0;
+}
+
+int64_t projection_params(const LlamaWeights& w) {
+  int64_t n = w.lm_head.out_features() * w.lm_head.in_features();
+  for (const LayerWeights& l : w.layers) {
+    for (const LinearWeight* p :
+         {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj}) {
+      n += p->out_features() * p->in_features();
+    }
+  }
+  return n;
+}
+
+// Model FLOPs of one trained token (the MFU convention: no recomputation counted). The frozen
+// base needs its forward (2 N) and the input gradient (2 N), not weight gradients; causal
+// attention's forward is 2 q_dim (seq + 1) FLOPs per token and layer (QK^T and PV over the
+// (seq + 1) / 2 keys a query sees on average), its backward twice that.
+double flops_per_token(const LlamaConfig& c, const LlamaWeights& w, int64_t seq) {
+  const double attention_forward =
+      2.0 * double(c.q_dim()) * double(seq + 1) * double(c.num_hidden_layers);
+  return 4.0 * double(projection_params(w)) + 3.0 * attention_forward;
+}
+
+}  // namespace
+
+void add_train_bench_options(CLI::App& command, TrainBenchOptions& o) {
+  command.add_flag("--train", o.enabled, "Benchmark QLoRA training steps instead of inference");
+  command.add_option("--seq", o.seq, "--train: tokens per step (batch 1)")
+      ->check(CLI::Range(2, 1 << 20));
+  command.add_option("--lora-r", o.lora_r, "--train: LoRA rank on all seven projections")
+      ->check(CLI::PositiveNumber);
+  command.add_option("--steps", o.steps, "--train: timed steps after one warm-up")
+      ->check(CLI::PositiveNumber);
+  command.add_option("--base", o.base, "--train: base weights, nf4 (QLoRA) or bf16")
+      ->check(CLI::IsMember({"nf4", "bf16"}));
+  command.add_option("--peak-tflops", o.peak_tflops, "--train: the GPU's dense bf16 peak for MFU")
+      ->check(CLI::PositiveNumber);
+}
+
+void run_train_bench(const TrainBenchOptions& o, const TrainBenchTarget& t) {
+  if (t.model_dir.empty() == t.preset.empty()) fail("give exactly one of --model and --preset");
+  ModelOptions model_options;
+  model_options.device = t.device;
+  model_options.threads = t.threads;
+  const std::unique_ptr<Backend> backend = make_backend(model_options);
+  LlamaConfig config;
+  LlamaWeights weights;
+  std::optional<CheckpointTensors> checkpoint;
+  if (!t.preset.empty()) {
+    config = parse_llama_config(preset_config(t.preset).dump(), t.preset);
+    log_line("making random " + t.preset + " weights in memory");
+    weights = random_weights(config, 1, t.threads);
+  } else {
+    config = load_llama_config(std::filesystem::path(t.model_dir) / "config.json");
+    checkpoint.emplace(CheckpointTensors::open(t.model_dir));
+    weights = bind_llama_weights(config, *checkpoint);
+  }
+  if (o.base == "nf4") {
+    LoadOptions quant;
+    quant.quantize_nf4 = true;
+    quant.threads = t.threads;
+    quant.progress = true;
+    quantize_weights(weights, quant);
+  }
+  const double used_before = device_used_gib(t.device);
+  LoraTrainModel model(config, weights, *backend);
+  LoraConfig lora;
+  lora.r = o.lora_r;
+  lora.lora_alpha = double(o.lora_r);
+  lora.target_modules = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                         "gate_proj", "up_proj", "down_proj"};
+  model.init_lora(lora, 1);
+  std::vector<Tensor> params, grads;
+  int64_t trainable = 0;
+  for (LoraParam& p : model.params()) {
+    params.insert(params.end(), {p.a, p.b});
+    grads.insert(grads.end(), {p.grad_a, p.grad_b});
+    trainable += p.a.numel() + p.b.numel();
+  }
+  AdamW optimizer(*backend, params);
+  AdamWOptions adamw;
+  std::mt19937 rng(7);
+  std::vector<int32_t> ids(static_cast<size_t>(o.seq));
+  for (int32_t& id : ids)
+    id = int32_t(rng() % uint32_t(config.vocab_size));
+  const auto step = [&] {
+    model.zero_grad();
+    model.accumulate_gradients(ids, ids, double(o.seq - 1));
+    clip_grad_norm(*backend, grads, 1.0);
+    optimizer.step(grads, adamw.lr, adamw);
+    backend->synchronize();
+  };
+  step();  // warm-up: kernels loaded, cuBLAS heuristics, the allocator's blocks
+  const Stopwatch clock;
+  for (int64_t i = 0; i < o.steps; ++i)
+    step();
+  const double step_s = clock.seconds() / double(o.steps);
+  const double tokens_per_s = double(o.seq) / step_s;
+  const double tflops = flops_per_token(config, weights, o.seq) * tokens_per_s / 1e12;
+  const double used_after = device_used_gib(t.device);
+  std::cout << fmt::format(
+      "\nQLoRA training step on {} ({}), base {}, seq {}, batch 1, r {} on all seven projections "
+      "({:.1f} M trainable)\n",
+      t.preset.empty() ? t.model_dir : t.preset, t.device, o.base, o.seq, o.lora_r,
+      double(trainable) / 1e6);
+  std::cout << "| step s | tokens/s | model TFLOP/s | MFU | device GiB (in use after) | of it "
+               "training |\n"
+               "|---|---|---|---|---|---|\n";
+  std::cout << fmt::format("| {:.3f} | {:.0f} | {:.1f} | {:.1f}% | {:.2f} | {:.2f} |\n", step_s,
+                           tokens_per_s, tflops, 100.0 * tflops / o.peak_tflops, used_after,
+                           used_after - used_before);
+  std::cout << fmt::format("peak host memory {:.1f} MiB", double(peak_resident_bytes()) / (1 << 20))
+            << std::endl;
+  if (!t.json_file.empty()) {
+    const nlohmann::json json = {{"mode", "train"},
+                                 {"device", t.device},
+                                 {"base", o.base},
+                                 {"seq", o.seq},
+                                 {"lora_r", o.lora_r},
+                                 {"step_s", step_s},
+                                 {"tokens_per_s", tokens_per_s},
+                                 {"model_tflop_per_s", tflops},
+                                 {"mfu", tflops / o.peak_tflops},
+                                 {"device_used_gib", used_after},
+                                 {"device_training_gib", used_after - used_before}};
+    write_file_atomic(t.json_file, json.dump(2) + "\n");
+  }
+}
+
+}  // namespace llamaq::cli

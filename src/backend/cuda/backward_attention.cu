@@ -1,0 +1,263 @@
+// Causal GQA attention backward for one contiguous sequence (key t is token t), FlashAttention-2
+// style: the probabilities are recomputed tile by tile from Q, K and the row log-sum-exp, never
+// stored whole.
+//  1. lse_kernel: one block per (16-query tile, head) runs the online softmax over its key tiles
+//     and writes lse = max + log(sum exp) of each query row.
+//  2. delta_kernel: one warp per (query, head): delta = rowsum(dO * O) (= sum_s P dP).
+//  3. attention_backward_kernel: one block per (16-key tile, KV head) keeps the tile's K and V in
+//     shared memory and its dK, dV accumulators in registers, and walks the query tiles at or
+//     after it for every query head of its group: S = Q K^T * scale, P = exp(S - lse),
+//     dV += P^T dO, dP = dO V^T, dS = P (dP - delta) * scale, dK += dS^T Q, dQ += dS K (dQ by f32
+//     atomics, since every key tile adds to it).
+// fp32 throughout (a tensor-core version is the speed work still to come); head_dim <= 128.
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_math.cuh"
+#include "backend/cuda/ops.h"
+#include "backend/cuda/tensor_checks.h"
+
+namespace llamaq::cuda {
+namespace {
+
+constexpr int kTile = 16;                // queries and keys per tile
+constexpr int kThreads = kTile * kTile;  // one thread per (query, key) pair of a tile
+constexpr int kMaxHeadDim = 128;
+constexpr int kStride = kMaxHeadDim + 1;  // padded shared rows: no bank conflicts across rows
+constexpr int kColsPerThread = kMaxHeadDim / kTile;
+
+struct AttentionBackwardParams {
+  const float* q;      // [n, H, D] f32
+  const float* k;      // [n, Hkv, D] f32
+  const float* v;      // [n, Hkv, D] f32
+  const float* out;    // [n, H, D] f32 forward output
+  const float* d_out;  // [n, H, D] f32
+  float* dq;           // [n, H, D] f32, zeroed, accumulated with atomics
+  float* dk;           // [n, Hkv, D] f32
+  float* dv;           // [n, Hkv, D] f32
+  float* lse;          // [n, H] f32 scratch
+  float* delta;        // [n, H] f32 scratch
+  int n;
+  int heads;
+  int kv_heads;
+  int head_dim;
+  float scale;
+};
+
+// Copies rows [row0, row0 + kTile) of head `head` of a [n, heads, D] tensor into shared memory
+// (zeros past the end).
+__device__ void load_tile(float (*dst)[kStride], const float* src, int row0, int n, int heads,
+                          int head, int head_dim) {
+  for (int i = threadIdx.x; i < kTile * head_dim; i += kThreads) {
+    const int r = i / head_dim, c = i % head_dim;
+    const int row = row0 + r;
+    dst[r][c] = row < n ? src[(int64_t(row) * heads + head) * head_dim + c] : 0.0f;
+  }
+}
+
+__device__ float dot_rows(const float* a, const float* b, int head_dim) {
+  float sum = 0;
+  for (int c = 0; c < head_dim; ++c)
+    sum = fmaf(a[c], b[c], sum);
+  return sum;
+}
+
+__global__ void __launch_bounds__(kThreads) lse_kernel(AttentionBackwardParams p) {
+  __shared__ float qs[kTile][kStride];
+  __shared__ float ks[kTile][kStride];
+  __shared__ float scores[kTile][kTile + 1];
+  __shared__ float row_max[kTile];
+  __shared__ float row_sum[kTile];
+  const int q0 = blockIdx.x * kTile, head = blockIdx.y, kv_head = head / (p.heads / p.kv_heads);
+  const int qi = threadIdx.x / kTile, kj = threadIdx.x % kTile;
+  load_tile(qs, p.q, q0, p.n, p.heads, head, p.head_dim);
+  if (threadIdx.x < kTile) {
+    row_max[threadIdx.x] = -INFINITY;
+    row_sum[threadIdx.x] = 0;
+  }
+  const int last_query = min(q0 + kTile, p.n) - 1;
+  for (int k0 = 0; k0 <= last_query; k0 += kTile) {
+    __syncthreads();  // the previous tile's scores and keys are consumed
+    load_tile(ks, p.k, k0, p.n, p.kv_heads, kv_head, p.head_dim);
+    __syncthreads();
+    const int query = q0 + qi, key = k0 + kj;
+    scores[qi][kj] =
+        (query < p.n && key <= query) ? dot_rows(qs[qi], ks[kj], p.head_dim) * p.scale : -INFINITY;
+    __syncthreads();
+    if (threadIdx.x < kTile) {
+      const int r = threadIdx.x;
+      float tile_max = -INFINITY;
+      for (int j = 0; j < kTile; ++j)
+        tile_max = fmaxf(tile_max, scores[r][j]);
+      const float new_max = fmaxf(row_max[r], tile_max);
+      if (new_max != -INFINITY) {
+        float sum = row_max[r] == -INFINITY ? 0.0f : row_sum[r] * expf(row_max[r] - new_max);
+        for (int j = 0; j < kTile; ++j)
+          sum += expf(scores[r][j] - new_max);
+        row_max[r] = new_max;
+        row_sum[r] = sum;
+      }
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < kTile && q0 + int(threadIdx.x) < p.n) {
+    const int r = threadIdx.x;
+    p.lse[int64_t(q0 + r) * p.heads + head] = row_max[r] + logf(row_sum[r]);
+  }
+}
+
+__global__ void delta_kernel(AttentionBackwardParams p) {
+  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;  // query * H + head
+  const int lane = threadIdx.x % 32;
+  if (row >= int64_t(p.n) * p.heads) return;
+  const float* o = p.out + row * p.head_dim;
+  const float* d_o = p.d_out + row * p.head_dim;
+  float sum = 0;
+  for (int c = lane; c < p.head_dim; c += 32)
+    sum = fmaf(o[c], d_o[c], sum);
+  sum = warp_sum(sum);
+  if (lane == 0) p.delta[row] = sum;
+}
+
+__global__ void __launch_bounds__(kThreads) attention_backward_kernel(AttentionBackwardParams p) {
+  __shared__ float ks[kTile][kStride];
+  __shared__ float vs[kTile][kStride];
+  __shared__ float qs[kTile][kStride];
+  __shared__ float dos[kTile][kStride];
+  __shared__ float probs[kTile][kTile + 1];
+  __shared__ float d_scores[kTile][kTile + 1];
+  __shared__ float lse_s[kTile];
+  __shared__ float delta_s[kTile];
+  const int k0 = blockIdx.x * kTile, kv_head = blockIdx.y;
+  const int group = p.heads / p.kv_heads;
+  const int row = threadIdx.x / kTile, lane = threadIdx.x % kTile;  // (query or key row, column)
+  load_tile(ks, p.k, k0, p.n, p.kv_heads, kv_head, p.head_dim);
+  load_tile(vs, p.v, k0, p.n, p.kv_heads, kv_head, p.head_dim);
+  float dk_acc[kColsPerThread] = {};
+  float dv_acc[kColsPerThread] = {};
+  for (int head = kv_head * group; head < (kv_head + 1) * group; ++head) {
+    for (int q0 = k0; q0 < p.n; q0 += kTile) {  // earlier queries see none of these keys
+      __syncthreads();                          // the previous query tile is consumed
+      load_tile(qs, p.q, q0, p.n, p.heads, head, p.head_dim);
+      load_tile(dos, p.d_out, q0, p.n, p.heads, head, p.head_dim);
+      if (threadIdx.x < kTile) {
+        const int query = q0 + threadIdx.x;
+        lse_s[threadIdx.x] = query < p.n ? p.lse[int64_t(query) * p.heads + head] : 0.0f;
+        delta_s[threadIdx.x] = query < p.n ? p.delta[int64_t(query) * p.heads + head] : 0.0f;
+      }
+      __syncthreads();
+      {  // thread (row = query, lane = key)
+        const int query = q0 + row, key = k0 + lane;
+        float prob = 0, d_score = 0;
+        if (query < p.n && key <= query) {
+          const float s = dot_rows(qs[row], ks[lane], p.head_dim) * p.scale;
+          prob = expf(s - lse_s[row]);
+          const float dp = dot_rows(dos[row], vs[lane], p.head_dim);
+          d_score = prob * (dp - delta_s[row]) * p.scale;
+        }
+        probs[row][lane] = prob;
+        d_scores[row][lane] = d_score;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int m = 0; m < kColsPerThread; ++m) {  // thread (row = key, columns lane + 16 m)
+        const int c = lane + kTile * m;
+        if (c < p.head_dim) {
+          float dv_sum = 0, dk_sum = 0;
+          for (int i = 0; i < kTile; ++i) {
+            dv_sum = fmaf(probs[i][row], dos[i][c], dv_sum);
+            dk_sum = fmaf(d_scores[i][row], qs[i][c], dk_sum);
+          }
+          dv_acc[m] += dv_sum;
+          dk_acc[m] += dk_sum;
+        }
+      }
+      const int query = q0 + row;  // thread (row = query, columns lane + 16 m)
+      if (query < p.n) {
+        float* dq_row = p.dq + (int64_t(query) * p.heads + head) * p.head_dim;
+#pragma unroll
+        for (int m = 0; m < kColsPerThread; ++m) {
+          const int c = lane + kTile * m;
+          if (c < p.head_dim) {
+            float sum = 0;
+            for (int j = 0; j < kTile; ++j)
+              sum = fmaf(d_scores[row][j], ks[j][c], sum);
+            atomicAdd(dq_row + c, sum);
+          }
+        }
+      }
+    }
+  }
+  const int key = k0 + row;
+  if (key < p.n) {
+    const int64_t offset = (int64_t(key) * p.kv_heads + kv_head) * p.head_dim;
+#pragma unroll
+    for (int m = 0; m < kColsPerThread; ++m) {
+      const int c = lane + kTile * m;
+      if (c < p.head_dim) {
+        p.dk[offset + c] = dk_acc[m];
+        p.dv[offset + c] = dv_acc[m];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void attention_backward(CudaContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& out, const Tensor& d_out, Tensor& dq, Tensor& dk,
+                        Tensor& dv) {
+  const char* op = "attention_backward";
+  require_tensor(q, DType::F32, 3, op, "q");
+  require_tensor(k, DType::F32, 3, op, "k");
+  require_tensor(v, DType::F32, 3, op, "v");
+  const int64_t n = q.dim(0), heads = q.dim(1), head_dim = q.dim(2), kv_heads = k.dim(1);
+  require(k.dim(0) == n && k.dim(2) == head_dim, op,
+          "k " + shape_to_string(k.shape()) + " does not fit q " + shape_to_string(q.shape()));
+  require_shape(v, k.shape(), op, "v");
+  require(kv_heads > 0 && heads % kv_heads == 0, op,
+          std::to_string(heads) + " query heads are not a multiple of " + std::to_string(kv_heads) +
+              " KV heads");
+  require(head_dim >= 1 && head_dim <= kMaxHeadDim, op,
+          "head_dim " + std::to_string(head_dim) + " is outside [1, 128]");
+  for (const auto& [t, name] :
+       {std::pair<const Tensor*, const char*>{&out, "out"}, {&d_out, "d_out"}}) {
+    require_tensor(*t, DType::F32, 2, op, name);
+    require_shape(*t, {n, heads * head_dim}, op, name);
+  }
+  require_tensor(dq, DType::F32, 3, op, "dq");
+  require_shape(dq, q.shape(), op, "dq");
+  require_tensor(dk, DType::F32, 3, op, "dk");
+  require_shape(dk, k.shape(), op, "dk");
+  require_tensor(dv, DType::F32, 3, op, "dv");
+  require_shape(dv, k.shape(), op, "dv");
+  if (n == 0) return;
+  checked_int(q.numel(), op, "q elements");
+  Tensor lse = ctx.empty(DType::F32, {n, heads}, op);
+  Tensor delta = ctx.empty(DType::F32, {n, heads}, op);
+  check_cuda(cudaMemsetAsync(dq.data(), 0, size_t(dq.nbytes()), ctx.stream()), op,
+             "cudaMemsetAsync");
+  const AttentionBackwardParams p{q.data_as<const float>(),
+                                  k.data_as<const float>(),
+                                  v.data_as<const float>(),
+                                  out.data_as<const float>(),
+                                  d_out.data_as<const float>(),
+                                  dq.data_as<float>(),
+                                  dk.data_as<float>(),
+                                  dv.data_as<float>(),
+                                  lse.data_as<float>(),
+                                  delta.data_as<float>(),
+                                  int(n),
+                                  int(heads),
+                                  int(kv_heads),
+                                  int(head_dim),
+                                  float(1.0 / std::sqrt(double(head_dim)))};
+  const unsigned tiles = unsigned((n + kTile - 1) / kTile);
+  lse_kernel<<<dim3(tiles, unsigned(heads)), kThreads, 0, ctx.stream()>>>(p);
+  check_launch(op, "lse_kernel");
+  const int64_t delta_threads = n * heads * 32;
+  delta_kernel<<<unsigned((delta_threads + 255) / 256), 256, 0, ctx.stream()>>>(p);
+  check_launch(op, "delta_kernel");
+  attention_backward_kernel<<<dim3(tiles, unsigned(kv_heads)), kThreads, 0, ctx.stream()>>>(p);
+  check_launch(op, "attention_backward_kernel");
+}
+
+}  // namespace llamaq::cuda

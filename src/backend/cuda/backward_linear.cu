@@ -1,0 +1,147 @@
+// The GEMMs of the backward pass, through cuBLAS on the backend's stream.
+// - linear_backward_input: dx[n, in] = dy[n, out] W[out, in]. bf16/f16 W: dy rounded to W's type
+//   in a scratch buffer, fp32 accumulation and f32 output (tensor cores). NF4 W: the one weight
+//   is dequantized into a scratch matrix of its original dtype (reused through the caching
+//   allocator, so one projection's bf16 copy at a time, never the model's), then the same GEMM.
+// - matmul_tn / matmul_nn: f32 GEMMs (the handle's default math, no TF32) for the LoRA
+//   gradients, whose inner dimension is the rank or the tokens.
+// Row-major A[m, k] is the column-major [k, m] matrix A^T, so each row-major product is computed
+// as its transpose in column-major terms.
+#include <cublas_v2.h>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/ops.h"
+#include "backend/cuda/tensor_checks.h"
+
+namespace llamaq::cuda {
+namespace {
+
+cudaDataType_t cuda_type(DType dtype) {
+  switch (dtype) {
+    case DType::BF16:
+      return CUDA_R_16BF;
+    case DType::F16:
+      return CUDA_R_16F;
+    default:
+      return CUDA_R_32F;
+  }
+}
+
+// Column-major C[m, n] = alpha op(A) op(B) + beta C, fp32 accumulation and f32 C.
+void gemm(CudaContext& ctx, const char* op, cublasOperation_t op_a, cublasOperation_t op_b, int m,
+          int n, int k, const void* a, cudaDataType_t type, int lda, const void* b, int ldb,
+          float beta, float* c, int ldc) {
+  const float alpha = 1.0f;
+  check_cublas(cublasGemmEx(ctx.cublas(), op_a, op_b, m, n, k, &alpha, a, type, lda, b, type, ldb,
+                            &beta, c, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               op, "cublasGemmEx");
+}
+
+void require_f32_matrix(const Tensor& t, const char* op, const char* name) {
+  require_tensor(t, DType::F32, 2, op, name);
+}
+
+// dx^T[in, n] = W^T[in, out] dy^T[out, n]: W row-major [out, in] is column-major [in, out].
+void backward_input_gemm(CudaContext& ctx, const Tensor& dy, const Tensor& weight, Tensor& dx) {
+  const char* op = "linear_backward_input";
+  const int n = checked_int(dy.dim(0), op, "tokens");
+  const int out = checked_int(weight.dim(0), op, "out_features");
+  const int in = checked_int(weight.dim(1), op, "in_features");
+  if (weight.dtype() == DType::F32) {
+    gemm(ctx, op, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weight.data(), CUDA_R_32F, in, dy.data(),
+         out, 0.0f, dx.data_as<float>(), in);
+    return;
+  }
+  Tensor dy16 = ctx.empty(weight.dtype(), dy.shape(), op);
+  convert_activations(ctx, dy, dy16, op);
+  gemm(ctx, op, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weight.data(), cuda_type(weight.dtype()), in,
+       dy16.data(), out, 0.0f, dx.data_as<float>(), in);
+}
+
+void check_backward_input(const Tensor& dy, int64_t out, int64_t in, const Tensor& dx) {
+  const char* op = "linear_backward_input";
+  require_f32_matrix(dy, op, "dy");
+  require(dy.dim(1) == out, op,
+          "dy " + shape_to_string(dy.shape()) + " does not fit a weight with " +
+              std::to_string(out) + " outputs");
+  require_f32_matrix(dx, op, "dx");
+  require_shape(dx, {dy.dim(0), in}, op, "dx");
+}
+
+}  // namespace
+
+void linear_backward_input_dense(CudaContext& ctx, const Tensor& dy, const Tensor& weight,
+                                 Tensor& dx) {
+  const char* op = "linear_backward_input";
+  require_on_device(weight, op, "weight");
+  require(weight.rank() == 2 && is_float_weight(weight.dtype()), op,
+          "weight must be a bf16, f16 or f32 matrix");
+  check_backward_input(dy, weight.dim(0), weight.dim(1), dx);
+  if (dx.numel() == 0) return;
+  if (weight.dim(0) == 0) {
+    check_cuda(cudaMemsetAsync(dx.data(), 0, size_t(dx.nbytes()), ctx.stream()), op,
+               "cudaMemsetAsync");
+    return;
+  }
+  backward_input_gemm(ctx, dy, weight, dx);
+}
+
+void linear_backward_input_nf4(CudaContext& ctx, const Tensor& dy, const nf4::Nf4Weight& w,
+                               Tensor& dx) {
+  const char* op = "linear_backward_input";
+  check_backward_input(dy, w.rows, w.cols, dx);
+  if (dx.numel() == 0) return;
+  Tensor dense = ctx.empty(w.original_dtype, {w.rows, w.cols}, op);
+  dequantize_nf4(ctx, w, dense);
+  backward_input_gemm(ctx, dy, dense, dx);
+}
+
+// c^T[q, p] = b^T[q, n] a[n, p]: b row-major [n, q] is column-major [q, n] (no transpose), a
+// row-major [n, p] is column-major [p, n] (transposed).
+void matmul_tn(CudaContext& ctx, const Tensor& a, const Tensor& b, Tensor& c, bool accumulate) {
+  const char* op = "matmul_tn";
+  require_f32_matrix(a, op, "a");
+  require_f32_matrix(b, op, "b");
+  require_f32_matrix(c, op, "c");
+  require(a.dim(0) == b.dim(0), op,
+          "a " + shape_to_string(a.shape()) + " and b " + shape_to_string(b.shape()) +
+              " differ in rows");
+  require_shape(c, {a.dim(1), b.dim(1)}, op, "c");
+  if (c.numel() == 0) return;
+  const int n = checked_int(a.dim(0), op, "rows");
+  const int p = checked_int(a.dim(1), op, "a columns");
+  const int q = checked_int(b.dim(1), op, "b columns");
+  if (n == 0) {
+    if (!accumulate) {
+      check_cuda(cudaMemsetAsync(c.data(), 0, size_t(c.nbytes()), ctx.stream()), op,
+                 "cudaMemsetAsync");
+    }
+    return;
+  }
+  gemm(ctx, op, CUBLAS_OP_N, CUBLAS_OP_T, q, p, n, b.data(), CUDA_R_32F, q, a.data(), p,
+       accumulate ? 1.0f : 0.0f, c.data_as<float>(), q);
+}
+
+// c^T[q, n] = b^T[q, p] a^T[p, n]: both row-major operands are their column-major transposes.
+void matmul_nn(CudaContext& ctx, const Tensor& a, const Tensor& b, Tensor& c) {
+  const char* op = "matmul_nn";
+  require_f32_matrix(a, op, "a");
+  require_f32_matrix(b, op, "b");
+  require_f32_matrix(c, op, "c");
+  require(a.dim(1) == b.dim(0), op,
+          "a " + shape_to_string(a.shape()) + " does not fit b " + shape_to_string(b.shape()));
+  require_shape(c, {a.dim(0), b.dim(1)}, op, "c");
+  if (c.numel() == 0) return;
+  const int n = checked_int(a.dim(0), op, "rows");
+  const int p = checked_int(a.dim(1), op, "inner dimension");
+  const int q = checked_int(b.dim(1), op, "columns");
+  if (p == 0) {
+    check_cuda(cudaMemsetAsync(c.data(), 0, size_t(c.nbytes()), ctx.stream()), op,
+               "cudaMemsetAsync");
+    return;
+  }
+  gemm(ctx, op, CUBLAS_OP_N, CUBLAS_OP_N, q, n, p, b.data(), CUDA_R_32F, q, a.data(), p, 0.0f,
+       c.data_as<float>(), q);
+}
+
+}  // namespace llamaq::cuda
