@@ -183,4 +183,74 @@ void ProfilingBackend::argmax(const Tensor& logits, Tensor& ids) {
   timed("argmax", dims(logits), [&] { inner_->argmax(logits, ids); });
 }
 
+void ProfilingBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, float eps,
+                                        const Tensor& dy, Tensor& dx) {
+  timed("rmsnorm_backward", dims(x), [&] { inner_->rmsnorm_backward(x, weight, eps, dy, dx); });
+}
+
+void ProfilingBackend::rope_backward(Tensor& grad, const Tensor& positions,
+                                     const Tensor& inv_freq) {
+  timed("rope_backward", dims(grad), [&] { inner_->rope_backward(grad, positions, inv_freq); });
+}
+
+void ProfilingBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                          const Tensor& out, const Tensor& d_out, Tensor& dq,
+                                          Tensor& dk, Tensor& dv) {
+  timed("attention_backward", dims(q),
+        [&] { inner_->attention_backward(q, k, v, out, d_out, dq, dk, dv); });
+}
+
+void ProfilingBackend::swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& ds,
+                                       Tensor& d_gate, Tensor& d_up) {
+  timed("swiglu_backward", dims(gate), [&] { inner_->swiglu_backward(gate, up, ds, d_gate, d_up); });
+}
+
+void ProfilingBackend::linear_backward_input(const Tensor& dy, const LinearWeight& w, Tensor& dx) {
+  timed(linear_kind(w) + "_backward", dims(dy), [&] { inner_->linear_backward_input(dy, w, dx); });
+}
+
+void ProfilingBackend::matmul_tn(const Tensor& a, const Tensor& b, Tensor& c, bool accumulate) {
+  timed("matmul_tn", dims(a) + " " + dims(b), [&] { inner_->matmul_tn(a, b, c, accumulate); });
+}
+
+void ProfilingBackend::matmul_nn(const Tensor& a, const Tensor& b, Tensor& c) {
+  timed("matmul_nn", dims(a) + " " + dims(b), [&] { inner_->matmul_nn(a, b, c); });
+}
+
+void ProfilingBackend::scale(const Tensor& x, float s, Tensor& out) {
+  timed("scale", dims(x), [&] { inner_->scale(x, s, out); });
+}
+
+void ProfilingBackend::multiply(const Tensor& x, const Tensor& y, Tensor& out) {
+  timed("multiply", dims(x), [&] { inner_->multiply(x, y, out); });
+}
+
+void ProfilingBackend::zero(Tensor& x) {
+  timed("zero", dims(x), [&] { inner_->zero(x); });
+}
+
+void ProfilingBackend::dropout_mask(uint64_t base, uint64_t threshold, float keep_scale,
+                                    Tensor& mask) {
+  timed("dropout_mask", dims(mask), [&] { inner_->dropout_mask(base, threshold, keep_scale, mask); });
+}
+
+void ProfilingBackend::cross_entropy(Tensor& logits, const Tensor& targets, double normalizer,
+                                     Tensor& losses) {
+  timed("cross_entropy", dims(logits),
+        [&] { inner_->cross_entropy(logits, targets, normalizer, losses); });
+}
+
+double ProfilingBackend::sum_of_squares(std::span<const Tensor> xs) {
+  double result = 0;
+  timed("sum_of_squares", std::to_string(xs.size()) + " tensors",
+        [&] { result = inner_->sum_of_squares(xs); });
+  return result;
+}
+
+void ProfilingBackend::adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg,
+                                  Tensor& exp_avg_sq, const AdamWUpdate& update) {
+  timed("adamw_step", dims(param),
+        [&] { inner_->adamw_step(param, grad, exp_avg, exp_avg_sq, update); });
+}
+
 }  // namespace llamaq

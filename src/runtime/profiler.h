@@ -61,6 +61,27 @@ class ProfilingBackend final : public Backend {
   void add_inplace(Tensor& x, const Tensor& y) override;
   void argmax(const Tensor& logits, Tensor& ids) override;
 
+  void rmsnorm_backward(const Tensor& x, const Tensor& weight, float eps, const Tensor& dy,
+                        Tensor& dx) override;
+  void rope_backward(Tensor& grad, const Tensor& positions, const Tensor& inv_freq) override;
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                          const Tensor& d_out, Tensor& dq, Tensor& dk, Tensor& dv) override;
+  void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& ds, Tensor& d_gate,
+                       Tensor& d_up) override;
+  void linear_backward_input(const Tensor& dy, const LinearWeight& w, Tensor& dx) override;
+  void matmul_tn(const Tensor& a, const Tensor& b, Tensor& c, bool accumulate) override;
+  void matmul_nn(const Tensor& a, const Tensor& b, Tensor& c) override;
+  void scale(const Tensor& x, float s, Tensor& out) override;
+  void multiply(const Tensor& x, const Tensor& y, Tensor& out) override;
+  void zero(Tensor& x) override;
+  void dropout_mask(uint64_t base, uint64_t threshold, float keep_scale, Tensor& mask) override;
+  void cross_entropy(Tensor& logits, const Tensor& targets, double normalizer,
+                     Tensor& losses) override;
+  double sum_of_squares(std::span<const Tensor> xs) override;
+  void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                  const AdamWUpdate& update) override;
+  void synchronize() override { inner_->synchronize(); }
+
  private:
   struct Event {
     std::string name;    // the op family: "linear.nf4", "attention.decode", ...
