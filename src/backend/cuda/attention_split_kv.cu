@@ -47,8 +47,8 @@ __device__ __forceinline__ void load_kv_row(const AttentionParams& p, int key, i
 #pragma unroll
   for (int i = 0; i < SplitLayout<D>::kVecs; ++i) {
     const int64_t at = offset + 4 * (sub + SplitLayout<D>::kLanes * i);
-    k[i] = *reinterpret_cast<const float4*>(p.k_blocks + at);
-    v[i] = *reinterpret_cast<const float4*>(p.v_blocks + at);
+    k[i] = *reinterpret_cast<const float4*>(static_cast<const float*>(p.k_blocks) + at);
+    v[i] = *reinterpret_cast<const float4*>(static_cast<const float*>(p.v_blocks) + at);
   }
 }
 
