@@ -121,7 +121,8 @@ class CudaAttention : public gpu_test::GpuTest {
     const Tensor positions_gpu = gpu().upload(positions);
     const Tensor k_gpu = gpu().upload(k16);
     const Tensor v_gpu = gpu().upload(v16);
-    for (bool naive : {false, true}) {
+    enum class Kernel { Flash, Naive, SplitKv };
+    for (Kernel kernel : {Kernel::Flash, Kernel::Naive, Kernel::SplitKv}) {
       Tensor got = gpu_test::poisoned(gpu(), {c.n, c.n_heads * c.head_dim});
       cuda::AttentionParams p{};
       p.q = q_gpu.data_as<const float>();
@@ -138,13 +139,24 @@ class CudaAttention : public gpu_test::GpuTest {
       p.head_dim = int(c.head_dim);
       p.scale = float(1.0 / std::sqrt(double(c.head_dim)));
       p.kv_element = cuda::KvElement::Bf16;
-      if (naive) {
+      // Split-KV widens the (exact) bf16 cache values and stays in fp32: the fp32 bound.
+      double bound = kBf16AttentionTolerance;
+      if (kernel == Kernel::Naive) {
         cuda::attention_naive(gpu().context(), p, int(cache.table_host.numel() * kBlockSize));
-      } else {
+      } else if (kernel == Kernel::Flash) {
         cuda::launch_attention_flash_mma(p, gpu().context().stream());
+      } else {
+        constexpr int kSplits = 3;
+        const int64_t items = c.n * c.n_heads * kSplits;
+        Tensor partial_out = gpu().alloc(DType::F32, {items, c.head_dim});
+        Tensor partial_stats = gpu().alloc(DType::F32, {items, 2});
+        cuda::launch_attention_split_kv(
+            p, {partial_out.data_as<float>(), partial_stats.data_as<float>(), kSplits},
+            gpu().context().stream());
+        bound = kAttentionTolerance;
       }
       const double error = relative_error(host_values(gpu(), got), expected);
-      EXPECT_LE(error, kBf16AttentionTolerance) << (naive ? "naive" : "flash");
+      EXPECT_LE(error, bound) << "kernel " << int(kernel);
       worst_ = std::max(worst_, error);
     }
   }

@@ -87,9 +87,8 @@ void attention(CudaContext& ctx, const Tensor& q, const Tensor& positions, const
   if (path == AttentionPath::Flash && !attention_flash_mma_supported(p.head_dim)) {
     path = AttentionPath::FlashFp32;
   }
-  const bool f32_only = path == AttentionPath::SplitKv || path == AttentionPath::FlashFp32;
-  require(!f32_only || p.kv_element == KvElement::F32, "attention",
-          "the split-KV and fp32 flash kernels read an f32 KV cache only");
+  require(path != AttentionPath::FlashFp32 || p.kv_element == KvElement::F32, "attention",
+          "the fp32 flash kernel reads an f32 KV cache only");
   switch (path) {
     case AttentionPath::SplitKv:
       run_split_kv(ctx, p, kv);

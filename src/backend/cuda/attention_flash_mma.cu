@@ -18,6 +18,7 @@
 
 #include "backend/cuda/attention_common.cuh"
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernel_attributes.h"
 #include "backend/cuda/mma_bf16.cuh"
 
 namespace llamaq::cuda {
@@ -283,10 +284,8 @@ __global__ void __launch_bounds__(kThreads) flash_mma_kernel(AttentionParams p) 
 template <typename T, int D>
 void launch(const AttentionParams& p, cudaStream_t stream) {
   constexpr size_t kShared = MmaLayout<D>::kBytes;
-  // Over 48 KB for head_dim 128: the dynamic limit must be raised (per device, so every time).
-  check_cuda(cudaFuncSetAttribute(flash_mma_kernel<T, D>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(kShared)),
-             "attention", "cudaFuncSetAttribute(flash_mma_kernel)");
+  allow_dynamic_shared_memory<flash_mma_kernel<T, D>>(int(kShared), "attention",
+                                                      "cudaFuncSetAttribute(flash_mma_kernel)");
   const dim3 grid(unsigned((p.n_tokens + kBlockQ - 1) / kBlockQ), unsigned(p.n_heads));
   flash_mma_kernel<T, D><<<grid, kThreads, kShared, stream>>>(p);
   check_launch("attention", "flash_mma_kernel");

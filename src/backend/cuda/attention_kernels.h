@@ -46,7 +46,7 @@ bool attention_flash_mma_supported(int head_dim);
 void launch_attention_flash_mma(const AttentionParams& p, cudaStream_t stream);
 
 // Split-KV ("flash-decoding"): a block per (query, head, split of the keys) writes a partial
-// softmax state to the workspace; a second kernel merges the splits.
+// softmax state to the workspace; a second kernel merges the splits. f32 or bf16 cache.
 struct SplitKvWorkspace {
   float* partial_out;    // [n_tokens, n_heads, n_splits, head_dim] f32, unnormalized
   float* partial_stats;  // [n_tokens, n_heads, n_splits, 2] f32: running max, sum of exps

@@ -19,6 +19,7 @@
 // The block's 8 warps split the columns of one tile of 8 * kGroups rows and add their partial
 // sums through shared memory. Each lane keeps the next stage's bytes in flight while it computes.
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernel_attributes.h"
 #include "backend/cuda/mma_bf16.cuh"
 #include "backend/cuda/nf4_decode.cuh"
 
@@ -248,13 +249,11 @@ __global__ void __launch_bounds__(kThreads, 2)
 template <int kGroups, int kMTiles>
 void launch(const Nf4Params& p, const float* x, float* out, int n, cudaStream_t stream) {
   using L = GemvLayout<kGroups, kMTiles>;
-  auto* kernel = nf4_gemv_mma_kernel<kGroups, kMTiles>;
-  // Over 48 KB of shared memory: the dynamic limit must be raised (per device, so every time).
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(L::kSharedBytes)),
-             "linear", "cudaFuncSetAttribute(nf4_gemv_mma_kernel)");
+  allow_dynamic_shared_memory<nf4_gemv_mma_kernel<kGroups, kMTiles>>(
+      int(L::kSharedBytes), "linear", "cudaFuncSetAttribute(nf4_gemv_mma_kernel)");
   const unsigned blocks = unsigned((p.rows + L::kRows - 1) / L::kRows);
-  kernel<<<blocks, kThreads, L::kSharedBytes, stream>>>(p, x, out, n);
+  nf4_gemv_mma_kernel<kGroups, kMTiles>
+      <<<blocks, kThreads, L::kSharedBytes, stream>>>(p, x, out, n);
 }
 
 template <int kGroups>
