@@ -37,8 +37,9 @@ std::unique_ptr<Backend> make_backend(const ModelOptions& options) {
   }
   if (options.device == "cuda") {
 #ifdef LLAMAQ_HAVE_CUDA
-    CudaBackendOptions cuda_options;
-    cuda_options.attention = options.attention == "naive" ? AttentionImpl::Naive : AttentionImpl::Flash;
+    cuda::CudaBackendOptions cuda_options;
+    cuda_options.attention =
+        options.attention == "naive" ? cuda::AttentionImpl::Naive : cuda::AttentionImpl::Flash;
     return make_cuda_backend(0, cuda_options);
 #else
     fail("--device cuda: this build has no CUDA backend (nvcc was not found when it was built)");

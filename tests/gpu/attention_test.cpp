@@ -1,13 +1,18 @@
 // kv_store and attention against the CPU reference over a paged cache whose block table is a
-// shuffled permutation (so paging bugs show), for both CUDA paths (flash and split-KV) at every
-// size, head dims 16/64/128, GQA groups 1/4, prefill from position 0 and chunks after earlier
-// context. kv_store moves floats and must be exact; attention is fp32 with another summation
-// order and an online softmax (rescaled partial sums): errors are ~1e-7; the fp32 bound 1e-4 leaves
-// ample room while any masking, paging or GQA mistake gives errors of order 1 (the measured
-// maximum is recorded as a test property).
+// shuffled permutation (so paging bugs show), for every CUDA path (tensor-core flash, fp32 flash,
+// split-KV, naive) at every size, head dims 16/64/128, GQA groups 1/4, prefill from position 0 and
+// chunks after earlier context, with an f32 and a bf16 cache. kv_store moves floats and must be
+// exact. The fp32 paths (split-KV, fp32 flash) differ from the CPU only in summation order and the
+// online softmax's rescaling: errors are ~1e-7, bound 1e-4. The tensor-core flash and the naive
+// path round Q, K, V and the probabilities to bf16 (2^-9 relative each, independent) and
+// accumulate in fp32: ~3e-3 expected, bound 1e-2. Any masking, paging or GQA mistake gives errors
+// of order 1 (the measured maximum is recorded as a test property).
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
+#include "backend/cuda/attention_kernels.h"
+#include "backend/cuda/attention_naive.h"
 #include "backend/cuda/ops.h"
 #include "gpu_test_support.h"
 
@@ -18,6 +23,7 @@ using gpu_test::host_values;
 using gpu_test::relative_error;
 
 constexpr double kAttentionTolerance = 1e-4;
+constexpr double kBf16AttentionTolerance = 1e-2;
 constexpr int64_t kBlockSize = 16;
 
 struct AttentionCase {
@@ -75,14 +81,97 @@ class CudaAttention : public gpu_test::GpuTest {
     const auto expected = host_values(gpu(), want);
     const Tensor q_gpu = gpu().upload(q);
     const Tensor positions_gpu = gpu().upload(positions);
-    for (cuda::AttentionPath path :
-         {cuda::AttentionPath::Flash, cuda::AttentionPath::SplitKv, cuda::AttentionPath::Auto}) {
+    const bool tensor_cores = cuda::attention_flash_mma_supported(int(c.head_dim));
+    const std::pair<cuda::AttentionPath, double> paths[] = {
+        {cuda::AttentionPath::Flash, tensor_cores ? kBf16AttentionTolerance : kAttentionTolerance},
+        {cuda::AttentionPath::FlashFp32, kAttentionTolerance},
+        {cuda::AttentionPath::SplitKv, kAttentionTolerance},
+        {cuda::AttentionPath::Naive, kBf16AttentionTolerance},
+        {cuda::AttentionPath::Auto, kBf16AttentionTolerance}};
+    std::vector<double> flash, naive;
+    for (const auto& [path, bound] : paths) {
       Tensor got = gpu_test::poisoned(gpu(), {c.n, c.n_heads * c.head_dim});
       cuda::attention(gpu().context(), q_gpu, positions_gpu, cache.gpu_view(), got, path);
+      const auto values = host_values(gpu(), got);
+      const double error = relative_error(values, expected);
+      EXPECT_LE(error, bound) << "path " << int(path);
+      worst_ = std::max(worst_, error);
+      if (path == cuda::AttentionPath::Flash) flash = values;
+      if (path == cuda::AttentionPath::Naive) naive = values;
+    }
+    // The two bf16 implementations against each other: both within 1e-2 of the CPU.
+    EXPECT_LE(relative_error(flash, naive), 2 * kBf16AttentionTolerance);
+  }
+
+  // The tensor-core flash and the naive kernels reading a bf16 cache, against the CPU on the same
+  // (bf16-rounded) keys and values.
+  void check_bf16_cache(const AttentionCase& c) {
+    SCOPED_TRACE("bf16 cache, " + describe(c));
+    PagedCache cache(gpu(), c, rng_);
+    const Tensor k16 = to_bf16(cache.k_host);
+    const Tensor v16 = to_bf16(cache.v_host);
+    const Tensor k_rounded = to_f32(k16);
+    const Tensor v_rounded = to_f32(v16);
+    const Tensor q = gpu_test::random_tensor(DType::F32, {c.n, c.n_heads, c.head_dim}, rng_, 2.0f);
+    const Tensor positions = gpu_test::int_tensor(positions_of(c));
+    Tensor want = cpu().alloc(DType::F32, {c.n, c.n_heads * c.head_dim});
+    cpu().attention(q, positions, {k_rounded, v_rounded, cache.table_host, kBlockSize}, want);
+    const auto expected = host_values(gpu(), want);
+    const Tensor q_gpu = gpu().upload(q);
+    const Tensor positions_gpu = gpu().upload(positions);
+    const Tensor k_gpu = gpu().upload(k16);
+    const Tensor v_gpu = gpu().upload(v16);
+    enum class Kernel { Flash, Naive, SplitKv };
+    for (Kernel kernel : {Kernel::Flash, Kernel::Naive, Kernel::SplitKv}) {
+      Tensor got = gpu_test::poisoned(gpu(), {c.n, c.n_heads * c.head_dim});
+      cuda::AttentionParams p{};
+      p.q = q_gpu.data_as<const float>();
+      p.positions = positions_gpu.data_as<const int32_t>();
+      p.k_blocks = k_gpu.data();
+      p.v_blocks = v_gpu.data();
+      p.block_table = cache.table_gpu.data_as<const int32_t>();
+      p.out = got.data_as<float>();
+      p.n_tokens = int(c.n);
+      p.n_heads = int(c.n_heads);
+      p.n_kv_heads = int(c.n_kv_heads);
+      p.group = int(c.n_heads / c.n_kv_heads);
+      p.block_size = int(kBlockSize);
+      p.head_dim = int(c.head_dim);
+      p.scale = float(1.0 / std::sqrt(double(c.head_dim)));
+      p.kv_element = cuda::KvElement::Bf16;
+      // Split-KV widens the (exact) bf16 cache values and stays in fp32: the fp32 bound.
+      double bound = kBf16AttentionTolerance;
+      if (kernel == Kernel::Naive) {
+        cuda::attention_naive(gpu().context(), p, int(cache.table_host.numel() * kBlockSize));
+      } else if (kernel == Kernel::Flash) {
+        cuda::launch_attention_flash_mma(p, gpu().context().stream());
+      } else {
+        constexpr int kSplits = 3;
+        const int64_t items = c.n * c.n_heads * kSplits;
+        Tensor partial_out = gpu().alloc(DType::F32, {items, c.head_dim});
+        Tensor partial_stats = gpu().alloc(DType::F32, {items, 2});
+        cuda::launch_attention_split_kv(
+            p, {partial_out.data_as<float>(), partial_stats.data_as<float>(), kSplits},
+            gpu().context().stream());
+        bound = kAttentionTolerance;
+      }
       const double error = relative_error(host_values(gpu(), got), expected);
-      EXPECT_LE(error, kAttentionTolerance) << "path " << int(path);
+      EXPECT_LE(error, bound) << "kernel " << int(kernel);
       worst_ = std::max(worst_, error);
     }
+  }
+
+  static Tensor to_bf16(const Tensor& f32) {
+    Tensor out = Tensor::zeros(DType::BF16, f32.shape());
+    for (int64_t i = 0; i < f32.numel(); ++i)
+      out.data_as<uint16_t>()[i] = float_to_bf16(f32.data_as<const float>()[i]);
+    return out;
+  }
+  static Tensor to_f32(const Tensor& bf16) {
+    Tensor out = Tensor::zeros(DType::F32, bf16.shape());
+    for (int64_t i = 0; i < bf16.numel(); ++i)
+      out.data_as<float>()[i] = bf16_to_float(bf16.data_as<const uint16_t>()[i]);
+    return out;
   }
   void TearDown() override { RecordProperty("max_relative_error", std::to_string(worst_)); }
 
@@ -104,6 +193,15 @@ TEST_F(CudaAttention, ChunksAfterEarlierContextMatchTheCpu) {
   check({32, 8, 128, 3000, 2});  // Llama 3 8B head layout, two decode queries
   check({2, 1, 16, 299, 1});
   check({4, 1, 64, 90, 97});
+}
+
+TEST_F(CudaAttention, Bf16CacheMatchesTheCpu) {
+  for (int64_t n : {1, 7, 97, 1025}) {
+    check_bf16_cache({8, 2, 128, 0, n});
+    check_bf16_cache({4, 4, 64, 0, n});
+  }
+  check_bf16_cache({32, 8, 128, 3000, 2});
+  check_bf16_cache({4, 1, 64, 90, 97});
 }
 
 TEST_F(CudaAttention, KvStoreWritesTheSameBlocksAsTheCpu) {

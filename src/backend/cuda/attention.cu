@@ -1,10 +1,12 @@
 // The attention op entry: checks the tensors, fills AttentionParams and picks a path. Few
 // queries (decode, n <= kSplitKvMaxTokens) take the split-KV kernel, which spreads the keys of
-// each query over enough blocks to fill the GPU; prefill takes the flash kernel.
+// each query over enough blocks to fill the GPU; prefill takes the tensor-core flash kernel (head
+// dims 64 and 128; the fp32 flash kernel for the others). Naive materializes the scores.
 #include <algorithm>
 #include <cmath>
 
 #include "backend/cuda/attention_kernels.h"
+#include "backend/cuda/attention_naive.h"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/tensor_checks.h"
 
@@ -39,8 +41,9 @@ AttentionParams make_params(const Tensor& q, const Tensor& positions, const KvLa
   AttentionParams p{};
   p.q = q.data_as<const float>();
   p.positions = positions.data_as<const int32_t>();
-  p.k_blocks = kv.k_blocks.data_as<const float>();
-  p.v_blocks = kv.v_blocks.data_as<const float>();
+  p.k_blocks = kv.k_blocks.data();
+  p.v_blocks = kv.v_blocks.data();
+  p.kv_element = kv.k_blocks.dtype() == DType::BF16 ? KvElement::Bf16 : KvElement::F32;
   p.block_table = kv.block_table.data_as<const int32_t>();
   p.out = out.data_as<float>();
   p.n_tokens = int(n);
@@ -81,10 +84,25 @@ void attention(CudaContext& ctx, const Tensor& q, const Tensor& positions, const
   if (path == AttentionPath::Auto) {
     path = p.n_tokens <= kSplitKvMaxTokens ? AttentionPath::SplitKv : AttentionPath::Flash;
   }
-  if (path == AttentionPath::SplitKv) {
-    run_split_kv(ctx, p, kv);
-  } else {
-    launch_attention_flash(p, ctx.stream());
+  if (path == AttentionPath::Flash && !attention_flash_mma_supported(p.head_dim)) {
+    path = AttentionPath::FlashFp32;
+  }
+  require(path != AttentionPath::FlashFp32 || p.kv_element == KvElement::F32, "attention",
+          "the fp32 flash kernel reads an f32 KV cache only");
+  switch (path) {
+    case AttentionPath::SplitKv:
+      run_split_kv(ctx, p, kv);
+      break;
+    case AttentionPath::FlashFp32:
+      launch_attention_flash(p, ctx.stream());
+      break;
+    case AttentionPath::Naive:
+      attention_naive(
+          ctx, p, checked_int(kv.block_table.dim(0) * kv.block_size, "attention", "KV capacity"));
+      break;
+    default:
+      launch_attention_flash_mma(p, ctx.stream());
+      break;
   }
 }
 

@@ -59,8 +59,8 @@ __device__ void load_kv_tile(const AttentionParams& p, int k0, int n_keys, int k
     float4 v = k;
     if (k0 + key < n_keys) {
       const int64_t offset = kv_offset(p, k0 + key, kv_head) + 4 * c;
-      k = *reinterpret_cast<const float4*>(p.k_blocks + offset);
-      v = *reinterpret_cast<const float4*>(p.v_blocks + offset);
+      k = *reinterpret_cast<const float4*>(static_cast<const float*>(p.k_blocks) + offset);
+      v = *reinterpret_cast<const float4*>(static_cast<const float*>(p.v_blocks) + offset);
     }
     *reinterpret_cast<float4*>(k_tile + key * FlashLayout<D>::kKStride + 4 * c) = k;
     *reinterpret_cast<float4*>(v_tile + key * D + 4 * c) = v;

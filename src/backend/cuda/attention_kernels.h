@@ -1,6 +1,7 @@
 // The attention kernel family: the parameters every attention kernel reads and the launchers of
-// the two paths (attention.cu picks one). Both compute causal GQA attention over the paged KV
-// cache in fp32 with an online softmax, query i seeing the keys at positions 0..positions[i].
+// the paths (attention.cu picks one). All compute causal GQA attention over the paged KV cache
+// with an online softmax in fp32, query i seeing the keys at positions 0..positions[i]; the naive
+// path (attention_naive.cu) materializes the scores instead.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,11 +10,14 @@
 
 namespace llamaq::cuda {
 
+// The element type of the paged KV cache.
+enum class KvElement : int32_t { F32, Bf16 };
+
 struct AttentionParams {
   const float* q;              // [n_tokens, n_heads, head_dim] f32
   const int32_t* positions;    // [n_tokens] i32
-  const float* k_blocks;       // [n_blocks, block_size, n_kv_heads, head_dim] f32
-  const float* v_blocks;       // [n_blocks, block_size, n_kv_heads, head_dim] f32
+  const void* k_blocks;        // [n_blocks, block_size, n_kv_heads, head_dim] f32 or bf16
+  const void* v_blocks;        // [n_blocks, block_size, n_kv_heads, head_dim] f32 or bf16
   const int32_t* block_table;  // [max_blocks] i32
   float* out;                  // [n_tokens, n_heads * head_dim] f32
   int n_tokens;
@@ -23,6 +27,7 @@ struct AttentionParams {
   int block_size;  // positions per KV block
   int head_dim;
   float scale;  // 1 / sqrt(head_dim)
+  KvElement kv_element;
 };
 
 // Head dims with compiled kernels.
@@ -30,11 +35,18 @@ inline bool attention_head_dim_supported(int head_dim) {
   return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128;
 }
 
-// FlashAttention-2 style: a block per (32 queries, head), K/V tiles of 32 keys in shared memory.
+// FlashAttention-2 style in fp32 on CUDA cores: a block per (32 queries, head), K/V tiles of 32
+// keys in shared memory. f32 cache only.
 void launch_attention_flash(const AttentionParams& p, cudaStream_t stream);
 
+// FlashAttention-2 forward on the tensor cores (bf16 mma.sync, fp32 accumulation and softmax): a
+// block per (64 queries, head), K/V tiles of 64 keys double-buffered in shared memory. Head dims
+// 64 and 128; f32 or bf16 cache.
+bool attention_flash_mma_supported(int head_dim);
+void launch_attention_flash_mma(const AttentionParams& p, cudaStream_t stream);
+
 // Split-KV ("flash-decoding"): a block per (query, head, split of the keys) writes a partial
-// softmax state to the workspace; a second kernel merges the splits.
+// softmax state to the workspace; a second kernel merges the splits. f32 or bf16 cache.
 struct SplitKvWorkspace {
   float* partial_out;    // [n_tokens, n_heads, n_splits, head_dim] f32, unnormalized
   float* partial_stats;  // [n_tokens, n_heads, n_splits, 2] f32: running max, sum of exps

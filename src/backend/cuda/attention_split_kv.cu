@@ -3,7 +3,8 @@
 // groups of lanes (8, or head_dim/4 when smaller) each take two keys at a time: the group reads
 // the key and value rows with 16-byte loads, reduces the dot product with shuffles and keeps its
 // own online-softmax state; the block merges its groups in shared memory and writes one partial
-// state per split, which combine_splits_kernel merges into the output.
+// state per split, which combine_splits_kernel merges into the output. The cache is f32 or bf16
+// (widened to f32 as it is loaded); everything else is fp32.
 #include "backend/cuda/attention_common.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_math.cuh"
@@ -38,8 +39,20 @@ __device__ __forceinline__ float4 scale_add(float4 o, float alpha, float w, floa
                      o.w * alpha + w * v.w);
 }
 
+// Four consecutive cache elements widened to f32.
+__device__ __forceinline__ float4 load4(const float* at) {
+  return *reinterpret_cast<const float4*>(at);
+}
+
+__device__ __forceinline__ float4 load4(const __nv_bfloat16* at) {
+  const uint2 bits = *reinterpret_cast<const uint2*>(at);
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bits.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bits.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
 // This lane's float4s of the key and value rows of `key`.
-template <int D>
+template <typename T, int D>
 __device__ __forceinline__ void load_kv_row(const AttentionParams& p, int key, int kv_head, int sub,
                                             float4 (&k)[SplitLayout<D>::kVecs],
                                             float4 (&v)[SplitLayout<D>::kVecs]) {
@@ -47,8 +60,8 @@ __device__ __forceinline__ void load_kv_row(const AttentionParams& p, int key, i
 #pragma unroll
   for (int i = 0; i < SplitLayout<D>::kVecs; ++i) {
     const int64_t at = offset + 4 * (sub + SplitLayout<D>::kLanes * i);
-    k[i] = *reinterpret_cast<const float4*>(p.k_blocks + at);
-    v[i] = *reinterpret_cast<const float4*>(p.v_blocks + at);
+    k[i] = load4(static_cast<const T*>(p.k_blocks) + at);
+    v[i] = load4(static_cast<const T*>(p.v_blocks) + at);
   }
 }
 
@@ -92,7 +105,7 @@ __device__ void write_block_state(const AttentionParams& p, const SplitKvWorkspa
 }
 
 // Block (x = split, y = head, z = query).
-template <int D>
+template <typename T, int D>
 __global__ void __launch_bounds__(kThreads)
     split_kv_attention_kernel(AttentionParams p, SplitKvWorkspace ws) {
   using L = SplitLayout<D>;
@@ -124,8 +137,8 @@ __global__ void __launch_bounds__(kThreads)
     const bool valid0 = key0 < range.y;
     const bool valid1 = key1 < range.y;
     float4 k0[L::kVecs], v0[L::kVecs], k1[L::kVecs], v1[L::kVecs];
-    if (valid0) load_kv_row<D>(p, key0, kv_head, sub, k0, v0);
-    if (valid1) load_kv_row<D>(p, key1, kv_head, sub, k1, v1);
+    if (valid0) load_kv_row<T, D>(p, key0, kv_head, sub, k0, v0);
+    if (valid1) load_kv_row<T, D>(p, key1, kv_head, sub, k1, v1);
     float dot0 = 0.0f;
     float dot1 = 0.0f;
 #pragma unroll
@@ -177,7 +190,11 @@ __global__ void combine_splits_kernel(AttentionParams p, SplitKvWorkspace ws) {
 template <int D>
 void launch_split_kv(const AttentionParams& p, const SplitKvWorkspace& ws, cudaStream_t stream) {
   const dim3 grid(unsigned(ws.n_splits), unsigned(p.n_heads), unsigned(p.n_tokens));
-  split_kv_attention_kernel<D><<<grid, kThreads, 0, stream>>>(p, ws);
+  if (p.kv_element == KvElement::Bf16) {
+    split_kv_attention_kernel<__nv_bfloat16, D><<<grid, kThreads, 0, stream>>>(p, ws);
+  } else {
+    split_kv_attention_kernel<float, D><<<grid, kThreads, 0, stream>>>(p, ws);
+  }
   check_launch("attention", "split_kv_attention_kernel");
 }
 

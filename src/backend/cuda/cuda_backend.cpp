@@ -8,7 +8,7 @@
 
 namespace llamaq {
 
-std::unique_ptr<Backend> make_cuda_backend(int device, CudaBackendOptions options) {
+std::unique_ptr<Backend> make_cuda_backend(int device, cuda::CudaBackendOptions options) {
   return std::make_unique<cuda::CudaBackend>(device, options);
 }
 
@@ -83,7 +83,7 @@ void CudaBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   ctx_.activate("linear");
   if (w.quantized()) {
     const std::shared_ptr<const nf4::Nf4Weight> device = device_nf4(w.nf4);
-    linear_nf4(ctx_, x, *device, out);
+    linear_nf4(ctx_, x, *device, out, Nf4Path::Auto, &nf4_workspace_);
   } else {
     linear_dense(ctx_, x, w.weight, out);
   }
@@ -103,10 +103,9 @@ void CudaBackend::kv_store(const Tensor& k, const Tensor& v, const Tensor& posit
 void CudaBackend::attention(const Tensor& q, const Tensor& positions, const KvLayerView& kv,
                             Tensor& out) {
   ctx_.activate("attention");
-  if (options_.attention == AttentionImpl::Naive) {
-    fail_op("attention", "the naive (materialized scores) attention is not in this build");
-  }
-  cuda::attention(ctx_, q, positions, kv, out);
+  cuda::attention(
+      ctx_, q, positions, kv, out,
+      options_.attention == AttentionImpl::Naive ? AttentionPath::Naive : AttentionPath::Auto);
 }
 
 void CudaBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& out) {

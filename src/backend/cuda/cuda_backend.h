@@ -11,28 +11,32 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/cuda_context.h"
+#include "backend/cuda/nf4_workspace.h"
 
 namespace llamaq {
+namespace cuda {
 
-// Which attention kernels the CUDA backend runs.
+// Which attention implementation the backend's attention op runs.
 enum class AttentionImpl {
-  Flash,  // FlashAttention-2-style prefill and split-KV decode (no scores matrix)
-  Naive,  // scores materialized as plain implementations do (for comparison and testing)
+  Flash,  // split-KV for decode, tensor-core FlashAttention-2 for prefill
+  Naive,  // materialized scores through cuBLAS and a separate softmax (`--attn naive`)
 };
 
 struct CudaBackendOptions {
   AttentionImpl attention = AttentionImpl::Flash;
 };
 
+}  // namespace cuda
+
 // The CUDA backend on `device` (a CUDA device index). Throws when the device does not exist.
-std::unique_ptr<Backend> make_cuda_backend(int device = 0, CudaBackendOptions options = {});
+std::unique_ptr<Backend> make_cuda_backend(int device = 0, cuda::CudaBackendOptions options = {});
 
 namespace cuda {
 
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device, CudaBackendOptions options = {})
-      : ctx_(device), options_(options) {}
+      : ctx_(device), options_(options), nf4_workspace_(ctx_) {}
 
   std::string_view name() const override { return "cuda"; }
   Device device() const override { return Device::Cuda; }
@@ -84,6 +88,7 @@ class CudaBackend final : public Backend {
 
   // For tests and benchmarks: the context, to call the ops' alternative paths directly.
   CudaContext& context() { return ctx_; }
+  Nf4Workspace& nf4_workspace() { return nf4_workspace_; }
   // The device copy of an NF4 weight (itself when its tensors are already on the device).
   std::shared_ptr<const nf4::Nf4Weight> device_nf4(const std::shared_ptr<const nf4::Nf4Weight>& w);
 
@@ -95,6 +100,7 @@ class CudaBackend final : public Backend {
 
   CudaContext ctx_;
   CudaBackendOptions options_;
+  Nf4Workspace nf4_workspace_;  // the NF4 prefill path's dense buffer and cuBLASLt plans
   std::mutex nf4_mutex_;
   std::map<const nf4::Nf4Weight*, Nf4Upload> nf4_uploads_;
 };

@@ -1,6 +1,7 @@
-// The NF4 linear op. Few tokens (decode) take the fused GEMV, which reads
-// the 4-bit weight once; more tokens dequantize the weight into a scratch matrix of its original
-// dtype (reused through the caching allocator) and run the dense cuBLAS path on it.
+// The NF4 linear op. Few tokens (decode, small batches: n <= 32) take the fused tensor-core GEMV,
+// which reads the 4-bit weight once; more tokens dequantize the weight into a dense matrix of its
+// original dtype (the backend's shared workspace buffer when there is one) and run a bf16 GEMM on
+// it: cublasGemmEx or cuBLASLt, whichever kPrefillPath names (picked by gpu_op_timing).
 #include <fmt/format.h>
 
 #include <bit>
@@ -8,11 +9,15 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/nf4_params.h"
+#include "backend/cuda/nf4_workspace.h"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/tensor_checks.h"
 
 namespace llamaq::cuda {
 namespace {
+
+// The prefill path Auto takes (n > kNf4GemvMaxTokens).
+constexpr Nf4Path kPrefillPath = Nf4Path::DequantizeGemm;
 
 Nf4Rounding rounding_of(DType dtype) {
   switch (dtype) {
@@ -68,7 +73,7 @@ bool nf4_gemv_supported(const nf4::Nf4Weight& w) {
 }
 
 void linear_nf4(CudaContext& ctx, const Tensor& x, const nf4::Nf4Weight& w, Tensor& out,
-                Nf4Path path) {
+                Nf4Path path, Nf4Workspace* workspace) {
   const char* op = "linear";
   require_tensor(x, DType::F32, 2, op, "x");
   const int64_t n = x.dim(0);
@@ -80,15 +85,29 @@ void linear_nf4(CudaContext& ctx, const Tensor& x, const nf4::Nf4Weight& w, Tens
   if (out.numel() == 0) return;
   const bool aligned = reinterpret_cast<uintptr_t>(x.data()) % 16 == 0;
   const bool gemv_ok = nf4_gemv_supported(w) && aligned && n <= kNf4GemvMaxTokens;
-  if (path == Nf4Path::Auto) path = gemv_ok ? Nf4Path::FusedGemv : Nf4Path::DequantizeGemm;
+  if (path == Nf4Path::Auto) {
+    path = gemv_ok ? Nf4Path::FusedGemv : workspace ? kPrefillPath : Nf4Path::DequantizeGemm;
+  }
   if (path == Nf4Path::FusedGemv) {
-    require(gemv_ok, op, "the fused NF4 GEMV needs cols % 32 == 0, aligned x and n <= 8");
+    require(gemv_ok, op,
+            fmt::format("the fused NF4 GEMV needs cols % 32 == 0, aligned x and n <= {}",
+                        kNf4GemvMaxTokens));
     launch_nf4_gemv(make_nf4_params(w), x.data_as<const float>(), out.data_as<float>(), int(n),
-                    ctx.stream());
+                    ctx.multiprocessors(), ctx.stream());
     return;
   }
-  Tensor dense = ctx.empty(w.original_dtype, {w.rows, w.cols}, op);
+  Tensor dense = workspace ? workspace->dense(w.original_dtype, w.rows, w.cols)
+                           : ctx.empty(w.original_dtype, {w.rows, w.cols}, op);
   dequantize_nf4(ctx, w, dense);
+  if (path == Nf4Path::DequantizeLt && w.original_dtype != DType::F32 && w.cols > 0) {
+    require(workspace != nullptr, op, "the cuBLASLt NF4 path needs the backend's workspace");
+    Tensor x16 = ctx.empty(w.original_dtype, x.shape(), op);
+    convert_activations(ctx, x, x16, op);
+    workspace->gemm(x16.data(), dense, out.data_as<float>(), checked_int(n, op, "tokens"),
+                    checked_int(w.cols, op, "in_features"),
+                    checked_int(w.rows, op, "out_features"));
+    return;
+  }
   linear_dense(ctx, x, dense, out);
 }
 

@@ -34,11 +34,12 @@ struct Nf4Params {
 Nf4Params make_nf4_params(const nf4::Nf4Weight& w);
 
 // out[t, j] = sum_i x[t, i] * dequant(W)[j, i] for n <= kNf4GemvMaxTokens, reading each weight
-// byte once. Needs cols % 32 == 0, block_size % 32 == 0 and 16-byte aligned x.
-constexpr int kNf4GemvMaxTokens = 8;
+// byte once, on the tensor cores (bf16 operands, fp32 accumulation). Needs cols % 32 == 0,
+// block_size % 32 == 0 and 16-byte aligned x. `multiprocessors` picks the row tiling.
+constexpr int kNf4GemvMaxTokens = 32;
 void launch_nf4_gemv(const Nf4Params& p,
                      const float* x,  // [n, cols] f32
                      float* out,      // [n, rows] f32
-                     int n, cudaStream_t stream);
+                     int n, int multiprocessors, cudaStream_t stream);
 
 }  // namespace llamaq::cuda

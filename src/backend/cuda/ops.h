@@ -23,7 +23,10 @@ void kv_store(CudaContext& ctx, const Tensor& k, const Tensor& v, const Tensor& 
 // f32 activations -> a bf16 or f16 copy (the GEMM operand); same shape.
 void convert_activations(CudaContext& ctx, const Tensor& x, Tensor& out, const char* op);
 
-enum class AttentionPath { Auto, Flash, SplitKv };
+// Auto: SplitKv for decode (n <= 4), Flash otherwise. Flash: the tensor-core kernel (head dims
+// 64, 128; FlashFp32 for others). FlashFp32: the fp32 CUDA-core kernel. Naive: materialized
+// scores through cuBLAS (attention_naive.cu).
+enum class AttentionPath { Auto, Flash, SplitKv, FlashFp32, Naive };
 void attention(CudaContext& ctx, const Tensor& q, const Tensor& positions, const KvLayerView& kv,
                Tensor& out, AttentionPath path = AttentionPath::Auto);
 
@@ -39,10 +42,15 @@ enum class DensePath { Auto, Gemv, Gemm };
 void linear_dense(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tensor& out,
                   DensePath path = DensePath::Auto);
 
-enum class Nf4Path { Auto, FusedGemv, DequantizeGemm };
-// `w` holds device tensors (see upload_nf4).
+class Nf4Workspace;
+// FusedGemv: tensor-core dequantize-and-multiply for n <= kNf4GemvMaxTokens (32).
+// DequantizeGemm: dequantize into a dense scratch matrix, then cublasGemmEx.
+// DequantizeLt: dequantize into the workspace's shared buffer, then cuBLASLt (needs `workspace`).
+enum class Nf4Path { Auto, FusedGemv, DequantizeGemm, DequantizeLt };
+// `w` holds device tensors (see upload_nf4). `workspace` (the backend's) may be null: the dense
+// matrix then comes from the caching allocator.
 void linear_nf4(CudaContext& ctx, const Tensor& x, const nf4::Nf4Weight& w, Tensor& out,
-                Nf4Path path = Nf4Path::Auto);
+                Nf4Path path = Nf4Path::Auto, Nf4Workspace* workspace = nullptr);
 // The whole NF4 weight dequantized to `out` ([rows, cols] of w.original_dtype), bit-exact with
 // nf4::dequantize.
 void dequantize_nf4(CudaContext& ctx, const nf4::Nf4Weight& w, Tensor& out);

@@ -1,0 +1,27 @@
+// Raising a kernel's dynamic shared memory limit above 48 KB once per device and process (the
+// attribute belongs to the function on one device), so that the hot path (and a CUDA graph
+// capture around it) does not call cudaFuncSetAttribute on every launch. fmt-free for .cu files.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "backend/cuda/cuda_check.h"
+
+namespace llamaq::cuda {
+
+template <auto kKernel>
+void allow_dynamic_shared_memory(int bytes, const char* op, const char* call) {
+  static std::atomic<uint64_t> done_devices{0};  // bit d: set on device d (d < 64)
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), op, "cudaGetDevice");
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (bit != 0 && (done_devices.load(std::memory_order_acquire) & bit) != 0) return;
+  check_cuda(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), op,
+             call);
+  done_devices.fetch_or(bit, std::memory_order_release);
+}
+
+}  // namespace llamaq::cuda
