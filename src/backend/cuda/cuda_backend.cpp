@@ -141,6 +141,7 @@ std::unique_ptr<TimingMark> CudaBackend::timing_mark() {
 
 double CudaBackend::elapsed_ms(const TimingMark& from, const TimingMark& to) {
   return elapsed_between(from, to);
+}
 
 // ---- Training: thin entries into backward_*.cu. ----
 
