@@ -1,0 +1,95 @@
+// Continuous batching under concurrent clients: 8 streams at once, a client that aborts mid-stream
+// (its slot and KV blocks are freed), 503 with Retry-After on a full queue, and SIGTERM with a
+// request in flight.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import OpenAI from 'openai';
+import {
+  MODEL_NAME, NO_EOS, client, collectChat, http, startServer, waitForHealth,
+} from './harness.js';
+
+const greedy = (content, max_tokens) => ({
+  model: MODEL_NAME, messages: [{ role: 'user', content }], max_tokens, temperature: 0,
+});
+// A stream that runs until cancelled: EOS forbidden and no max_tokens, so it may fill the whole
+// context (thousands of tokens, seconds even on a fast machine; the tests cancel it long before).
+const endless = (content) => ({
+  model: MODEL_NAME, messages: [{ role: 'user', content }], temperature: 0, logit_bias: NO_EOS, stream: true,
+});
+
+const idle = (h) => h.requests_active === 0 && h.requests_queued === 0 && h.kv_free_tokens === h.kv_total_tokens;
+
+test('8 concurrent streaming clients each get their own complete answer', async () => {
+  const server = await startServer(['--max-batch', '4', '--max-queue', '8']);
+  try {
+    const openai = client(server);
+    const prompts = Array.from({ length: 8 }, (_, i) => `Question number ${i}: what comes next?`);
+    // Each answer alone first (the batch must not change greedy outputs).
+    const solo = [];
+    for (const p of prompts) solo.push((await openai.chat.completions.create(greedy(p, 16))).choices[0].message.content);
+    const streams = await Promise.all(prompts.map(async (p) => collectChat(await openai.chat.completions.create({
+      ...greedy(p, 16), stream: true, stream_options: { include_usage: true },
+    }))));
+    streams.forEach((s, i) => {
+      assert.equal(s.text, solo[i], `stream ${i}`);
+      assert.ok(s.finish === 'stop' || s.finish === 'length');
+      assert.ok(s.usage.completion_tokens >= 1);
+    });
+    const h = await waitForHealth(server, idle, 'an idle server');
+    assert.ok(h.decode_steps > 0);
+  } finally {
+    assert.deepEqual(await server.stop(), { code: 0, signal: null }, server.stderr);
+  }
+});
+
+test('aborting mid-stream cancels the generation and frees its KV blocks', async () => {
+  const server = await startServer(['--max-batch', '2', '--ctx', '8192']);
+  try {
+    const openai = client(server);
+    const controller = new AbortController();
+    const stream = await openai.chat.completions.create(endless('Keep talking'), { signal: controller.signal });
+    let chunks = 0;
+    await assert.rejects((async () => {
+      for await (const chunk of stream) {
+        if (chunk.choices[0]?.delta?.content) chunks += 1;
+        if (chunks === 3) controller.abort();
+      }
+    })(), (e) => e.name === 'AbortError' || e instanceof OpenAI.APIUserAbortError);
+    assert.equal(chunks, 3);
+    await waitForHealth(server, idle, 'the aborted request to leave the batch');
+    assert.match(server.stderr, /POST \/v1\/chat\/completions 200 .*client disconnected/);
+    // The server keeps serving.
+    const r = await openai.chat.completions.create(greedy('Still there?', 3));
+    assert.equal(r.choices.length, 1);
+  } finally {
+    assert.deepEqual(await server.stop(), { code: 0, signal: null }, server.stderr);
+  }
+});
+
+test('a full queue answers 503 with Retry-After; SIGTERM ends in-flight streams with an error', async () => {
+  const server = await startServer(['--max-batch', '1', '--max-queue', '1', '--drain-seconds', '0', '--ctx', '8192']);
+  const openai = client(server);
+  // A holds the only slot; B waits in the one queue place; C finds the queue full.
+  const a = await openai.chat.completions.create(endless('First'));
+  const aIter = a[Symbol.asyncIterator]();
+  assert.ok((await aIter.next()).value);  // A is running
+  await waitForHealth(server, (h) => h.requests_active === 1, 'A to run');
+  const b = openai.chat.completions.create(endless('Second'));
+  await waitForHealth(server, (h) => h.requests_queued === 1, 'B to be queued');
+  const c = await http(server, 'POST', '/v1/chat/completions', { body: greedy('Third', 2) });
+  assert.equal(c.status, 503, c.text);
+  assert.equal(c.headers.get('retry-after'), '1');
+  assert.equal(c.json.error.code, 'queue_full');
+  await assert.rejects(openai.chat.completions.create(greedy('Third', 2)),
+    (e) => e instanceof OpenAI.InternalServerError && e.status === 503);
+
+  // SIGTERM: A (running) and B (queued) end with errors; the server exits with status 0.
+  const aRest = (async () => { for (let r = await aIter.next(); !r.done; r = await aIter.next()); })();
+  const bStream = await b.catch((e) => e);
+  const bRest = bStream instanceof Error ? Promise.reject(bStream) : collectChat(bStream);
+  const exit = await server.stop();
+  assert.deepEqual(exit, { code: 0, signal: null }, server.stderr);
+  await assert.rejects(aRest, (e) => /shutting down|terminated|socket|other side closed/i.test(String(e.message ?? e)));
+  await assert.rejects(bRest, (e) => /shutting down|terminated|socket|other side closed/i.test(String(e.message ?? e)));
+  assert.match(server.stderr, /serve: stopped/);
+});
