@@ -123,8 +123,7 @@ void run(ServeCliOptions o) {
     adapter_models.push_back(load_model(o.model.model_dir, *engine.backend, log_line, load));
     models.push_back(adapter_models.back().model.get());
   }
-  serve::ServeContext ctx;
-  ctx.tokenizer = load_tokenizer(o.model.model_dir);
+  serve::ServeContext ctx(load_tokenizer(o.model.model_dir));
   ctx.model_names.push_back(o.model_name);
   for (const Adapter& a : adapters) ctx.model_names.push_back(a.name);
   ctx.stop_ids = ctx.tokenizer.stop_ids(engine.loaded.eos_token_ids());

@@ -3,6 +3,7 @@
 #include <httplib.h>
 
 #include <iostream>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -230,7 +231,13 @@ void HttpServer::start() {
          options_.host, options_.port);
   }
   // The socket listens from bind on: connections made before the thread runs wait in the backlog.
-  thread_ = std::thread([this] { server_->listen_after_bind(); });
+  // httplib's stop() does nothing until the loop runs, so wait for it (or for its failure).
+  auto loop_ended = std::make_shared<std::atomic<bool>>(false);
+  thread_ = std::thread([this, loop_ended] {
+    server_->listen_after_bind();
+    *loop_ended = true;
+  });
+  while (!server_->is_running() && !*loop_ended) std::this_thread::yield();
 }
 
 void HttpServer::set_ready(const ServeContext* ctx) { ctx_ = ctx; }

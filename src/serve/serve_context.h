@@ -13,6 +13,7 @@
 namespace llamaq::serve {
 
 struct ServeContext {
+  explicit ServeContext(Tokenizer t) : tokenizer(std::move(t)) {}
   Tokenizer tokenizer;
   std::vector<std::string> model_names;  // [0] the base model, then adapters (scheduler order)
   std::vector<int32_t> stop_ids;         // ids that end generation (EOS, <|eot_id|>, ...)

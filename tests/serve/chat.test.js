@@ -64,10 +64,14 @@ test('special-token strings in messages are plain text', async () => {
   assert.equal(b.usage.prompt_tokens - a.usage.prompt_tokens, n - (await tokenCount('Hello')));
 });
 
+// Seeded sampling at temperature 2: varied text from the tiny random model (greedy mostly
+// repeats one token), reproducible through the seed.
+const varied = (content, max_tokens, seed, extra = {}) => greedy(content, max_tokens, { temperature: 2, seed, ...extra });
+
 test('streamed chat equals the non-streamed answer, with a usage chunk', async () => {
-  const whole = await openai.chat.completions.create(greedy('Tell me a story', 12));
+  const whole = await openai.chat.completions.create(varied('Tell me a story', 12, 3));
   const stream = await openai.chat.completions.create({
-    ...greedy('Tell me a story', 12), stream: true, stream_options: { include_usage: true },
+    ...varied('Tell me a story', 12, 3), stream: true, stream_options: { include_usage: true },
   });
   const got = await collectChat(stream);
   assert.equal(got.text, whole.choices[0].message.content);
@@ -77,15 +81,17 @@ test('streamed chat equals the non-streamed answer, with a usage chunk', async (
 });
 
 test('stop sequences cut the text, streamed or not', async () => {
-  const full = (await openai.chat.completions.create(greedy('Count with me', 24))).choices[0].message.content;
-  assert.ok(full.length >= 8, `need some text to cut, got ${JSON.stringify(full)}`);
-  const stop = full.slice(4, 7);
+  const full = (await openai.chat.completions.create(varied('Count with me', 24, 5))).choices[0].message.content;
+  assert.ok(full.length >= 12, `need some text to cut, got ${JSON.stringify(full)}`);
+  const stop = full.slice(8, 11);
   const expected = full.slice(0, full.indexOf(stop));
-  const r = await openai.chat.completions.create(greedy('Count with me', 24, { stop: [stop, 'never-appears'] }));
+  assert.ok(expected.length > 0, `the stop string ${JSON.stringify(stop)} should not start the text`);
+  const r = await openai.chat.completions.create(varied('Count with me', 24, 5, { stop: [stop, 'never-appears'] }));
   assert.equal(r.choices[0].message.content, expected);
   assert.equal(r.choices[0].finish_reason, 'stop');
+  assert.ok(r.usage.completion_tokens < 24);
   const s = await collectChat(await openai.chat.completions.create({
-    ...greedy('Count with me', 24, { stop }), stream: true,
+    ...varied('Count with me', 24, 5, { stop }), stream: true,
   }));
   assert.equal(s.text, expected);
   assert.equal(s.finish, 'stop');
@@ -94,13 +100,13 @@ test('stop sequences cut the text, streamed or not', async () => {
 test('same seed gives the same text, also inside a batch of other requests', async () => {
   const sampled = (seed) => ({
     model: MODEL_NAME, messages: [{ role: 'user', content: 'Say something random' }],
-    max_tokens: 12, temperature: 1, seed,
+    max_tokens: 12, temperature: 2, seed,
   });
   const first = (await openai.chat.completions.create(sampled(42))).choices[0].message.content;
   const again = (await openai.chat.completions.create(sampled(42))).choices[0].message.content;
   assert.equal(again, first);
-  // Temperature 1 over a 128k vocabulary of a random model: two seeds agreeing on 12 tokens
-  // has negligible probability, so a different seed must change the text.
+  // Temperature 2 flattens the random model's distribution over 128k tokens: two seeds agreeing
+  // on 12 tokens has negligible probability, so a different seed must change the text.
   const other = (await openai.chat.completions.create(sampled(43))).choices[0].message.content;
   assert.notEqual(other, first);
   const batch = await Promise.all([

@@ -24,11 +24,13 @@ test('8 concurrent streaming clients each get their own complete answer', async 
   try {
     const openai = client(server);
     const prompts = Array.from({ length: 8 }, (_, i) => `Question number ${i}: what comes next?`);
-    // Each answer alone first (the batch must not change greedy outputs).
+    // Each answer alone first; in the batch each must come out the same (seeded sampling at
+    // temperature 2 gives varied text, so any mix-up between sequences would show).
+    const body = (p, i) => ({ ...greedy(p, 16), temperature: 2, seed: 100 + i });
     const solo = [];
-    for (const p of prompts) solo.push((await openai.chat.completions.create(greedy(p, 16))).choices[0].message.content);
-    const streams = await Promise.all(prompts.map(async (p) => collectChat(await openai.chat.completions.create({
-      ...greedy(p, 16), stream: true, stream_options: { include_usage: true },
+    for (const [i, p] of prompts.entries()) solo.push((await openai.chat.completions.create(body(p, i))).choices[0].message.content);
+    const streams = await Promise.all(prompts.map(async (p, i) => collectChat(await openai.chat.completions.create({
+      ...body(p, i), stream: true, stream_options: { include_usage: true },
     }))));
     streams.forEach((s, i) => {
       assert.equal(s.text, solo[i], `stream ${i}`);
@@ -49,12 +51,15 @@ test('aborting mid-stream cancels the generation and frees its KV blocks', async
     const controller = new AbortController();
     const stream = await openai.chat.completions.create(endless('Keep talking'), { signal: controller.signal });
     let chunks = 0;
-    await assert.rejects((async () => {
+    try {
       for await (const chunk of stream) {
         if (chunk.choices[0]?.delta?.content) chunks += 1;
         if (chunks === 3) controller.abort();
       }
-    })(), (e) => e.name === 'AbortError' || e instanceof OpenAI.APIUserAbortError);
+    } catch (e) {
+      // Depending on timing the client ends the iteration quietly or with its abort error.
+      assert.ok(e.name === 'AbortError' || e instanceof OpenAI.APIUserAbortError, String(e));
+    }
     assert.equal(chunks, 3);
     await waitForHealth(server, idle, 'the aborted request to leave the batch');
     assert.match(server.stderr, /POST \/v1\/chat\/completions 200 .*client disconnected/);
@@ -84,12 +89,15 @@ test('a full queue answers 503 with Retry-After; SIGTERM ends in-flight streams 
     (e) => e instanceof OpenAI.InternalServerError && e.status === 503);
 
   // SIGTERM: A (running) and B (queued) end with errors; the server exits with status 0.
-  const aRest = (async () => { for (let r = await aIter.next(); !r.done; r = await aIter.next()); })();
-  const bStream = await b.catch((e) => e);
-  const bRest = bStream instanceof Error ? Promise.reject(bStream) : collectChat(bStream);
+  // Outcomes as values (an error or null), so no rejection is left unhandled meanwhile.
+  const settle = (p) => p.then(() => null, (e) => e);
+  const aRest = settle((async () => { for (let r = await aIter.next(); !r.done; r = await aIter.next()); })());
+  const bRest = settle(b.then((stream) => collectChat(stream)));
   const exit = await server.stop();
   assert.deepEqual(exit, { code: 0, signal: null }, server.stderr);
-  await assert.rejects(aRest, (e) => /shutting down|terminated|socket|other side closed/i.test(String(e.message ?? e)));
-  await assert.rejects(bRest, (e) => /shutting down|terminated|socket|other side closed/i.test(String(e.message ?? e)));
+  for (const [name, outcome] of [['A', await aRest], ['B', await bRest]]) {
+    assert.ok(outcome instanceof Error, `${name} should end with an error`);
+    assert.match(outcome.message, /shutting down/, name);
+  }
   assert.match(server.stderr, /serve: stopped/);
 });
