@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
-  MODEL_NAME, client, collectChat, residentBytes, startServer, waitForHealth,
+  MODEL_NAME, NO_EOS, client, collectChat, residentBytes, startServer, waitForHealth,
 } from './harness.js';
 
 const REQUESTS = Number(process.env.LLAMAQ_LOAD_REQUESTS ?? 200);
@@ -14,14 +14,17 @@ const CLIENTS = Number(process.env.LLAMAQ_LOAD_CLIENTS ?? 16);
 // ~40 tokens each would exceed this.
 const RSS_SLACK_BYTES = 16 << 20;
 
+// EOS is forbidden, so every request generates exactly its max_tokens.
+const maxTokens = (i) => 8 + (i % 5) * 6;
+
 async function one(openai, i) {
-  const max_tokens = 8 + (i % 5) * 6;
+  const max_tokens = maxTokens(i);
   const seed = i;
   const kind = i % 4;
   if (kind === 0 || kind === 1) {
     const body = {
       model: MODEL_NAME, messages: [{ role: 'user', content: `Request ${i}: tell me something.` }],
-      max_tokens, temperature: 0.8, seed,
+      max_tokens, temperature: 0.8, seed, logit_bias: NO_EOS,
     };
     if (kind === 0) {
       const r = await openai.chat.completions.create(body);
@@ -31,7 +34,7 @@ async function one(openai, i) {
     assert.ok(s.finish, `request ${i} ended without a finish reason`);
     return s.usage.completion_tokens;
   }
-  const body = { model: MODEL_NAME, prompt: `Item ${i} of the list is`, max_tokens, temperature: 0.8, seed };
+  const body = { model: MODEL_NAME, prompt: `Item ${i} of the list is`, max_tokens, temperature: 0.8, seed, logit_bias: NO_EOS };
   if (kind === 2) return (await openai.completions.create(body)).usage.completion_tokens;
   let tokens = 0;
   for await (const chunk of await openai.completions.create({ ...body, stream: true, stream_options: { include_usage: true } })) {
@@ -44,7 +47,10 @@ async function round(openai, count, clients) {
   let next = 0;
   let tokens = 0;
   const worker = async () => {
-    while (next < count) tokens += await one(openai, next++);
+    while (next < count) {
+      const got = await one(openai, next++);  // (not `tokens += await`: that reads tokens first)
+      tokens += got;
+    }
   };
   await Promise.all(Array.from({ length: clients }, worker));
   return tokens;
@@ -68,7 +74,9 @@ test(`load: ${REQUESTS} requests from ${CLIENTS} concurrent clients`, async () =
     console.log(`load: ${REQUESTS} requests, ${CLIENTS} clients: ${(REQUESTS / seconds).toFixed(2)} requests/s, ` +
       `${(tokens / seconds).toFixed(1)} completion tokens/s (${tokens} tokens in ${seconds.toFixed(2)} s); ` +
       `RSS ${mib(before)} MiB before, ${mib(after)} MiB after; KV free ${h.kv_free_tokens}/${h.kv_total_tokens}`);
-    assert.ok(tokens >= REQUESTS, 'every request generated at least one token');
+    let expected = 0;
+    for (let i = 0; i < REQUESTS; ++i) expected += maxTokens(i);
+    assert.equal(tokens, expected, 'every request generated its whole budget');
     assert.ok(after <= before + RSS_SLACK_BYTES, `RSS grew from ${mib(before)} to ${mib(after)} MiB`);
     assert.doesNotMatch(server.stderr, / (4\d\d|5\d\d) prompt=/, 'no request failed');
   } finally {
