@@ -148,10 +148,20 @@ void HttpServer::add_routes() {
         entry.status = 500;
         entry.note = e.what();
       }
-      if (entry.status != 0) log(entry);
+      if (entry.status != 0) {
+        log(entry);
+      } else {
+        std::lock_guard lock(streams_mutex_);
+        ++open_streams_;  // logged (and counted out) by the stream's end, below
+      }
     };
   };
-  const LogSink sink = [this](const RequestLog& e) { log(e); };
+  const LogSink sink = [this](const RequestLog& e) {
+    log(e);
+    std::lock_guard lock(streams_mutex_);
+    --open_streams_;
+    streams_done_.notify_all();
+  };
   const auto completion = [sink](Endpoint endpoint) {
     return [sink, endpoint](const ServeContext& ctx, const httplib::Request& req,
                             httplib::Response& res, RequestLog& entry) {
@@ -242,8 +252,14 @@ void HttpServer::start() {
 
 void HttpServer::set_ready(const ServeContext* ctx) { ctx_ = ctx; }
 
-void HttpServer::stop() {
+void HttpServer::stop(double stream_grace_s) {
   if (!thread_.joinable()) return;
+  {
+    // Streams whose generation has ended are still writing their last events: let them finish.
+    std::unique_lock lock(streams_mutex_);
+    streams_done_.wait_for(lock, std::chrono::duration<double>(stream_grace_s),
+                           [&] { return open_streams_ == 0; });
+  }
   server_->stop();
   thread_.join();
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -39,8 +40,9 @@ class HttpServer {
   void set_ready(const ServeContext* ctx);
   // New requests get 503 from now on (shutdown has begun).
   void set_draining() { draining_ = true; }
-  // Stops listening and waits for the serving thread (open streams end first).
-  void stop();
+  // Waits up to `stream_grace_s` for open streams to write their last events, then stops
+  // listening and joins the serving thread.
+  void stop(double stream_grace_s = 5);
 
  private:
   void add_routes();
@@ -51,6 +53,9 @@ class HttpServer {
   std::atomic<const ServeContext*> ctx_{nullptr};
   std::atomic<bool> draining_{false};
   std::mutex log_mutex_;
+  std::mutex streams_mutex_;
+  std::condition_variable streams_done_;
+  int open_streams_ = 0;
   std::thread thread_;
   int port_ = 0;
 };
