@@ -1,6 +1,6 @@
 // Continuous batching under concurrent clients: 8 streams at once, a client that aborts mid-stream
-// (its slot and KV blocks are freed), 503 with Retry-After on a full queue, and SIGTERM with a
-// request in flight.
+// (its slot and KV blocks are freed), 503 with Retry-After on a full queue, SIGTERM with
+// requests in flight, and --timeout.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import OpenAI from 'openai';
@@ -100,4 +100,20 @@ test('a full queue answers 503 with Retry-After; SIGTERM ends in-flight streams 
     assert.match(outcome.message, /shutting down/, name);
   }
   assert.match(server.stderr, /serve: stopped/);
+});
+
+test('a request over --timeout is cancelled: 504 whole, an error event streamed', async () => {
+  const server = await startServer(['--timeout', '0.5', '--ctx', '8192']);
+  try {
+    const openai = client(server);
+    const { stream, ...whole } = endless('Go on forever');
+    const r = await http(server, 'POST', '/v1/chat/completions', { body: whole });
+    assert.equal(r.status, 504, r.text);
+    assert.equal(r.json.error.code, 'timeout');
+    const s = await openai.chat.completions.create(endless('And again'));
+    await assert.rejects(collectChat(s), (e) => e.code === 'timeout' && /--timeout/.test(e.message));
+    await waitForHealth(server, idle, 'the timed-out requests to leave the batch');
+  } finally {
+    assert.deepEqual(await server.stop(), { code: 0, signal: null }, server.stderr);
+  }
 });
