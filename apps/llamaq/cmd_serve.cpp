@@ -6,9 +6,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
-#include <condition_variable>
 #include <filesystem>
 #include <mutex>
 #include <thread>
@@ -24,13 +24,13 @@ namespace {
 
 struct ServeCliOptions {
   ModelOptions model;
-  std::string model_name;                // default: the model folder's name
-  std::vector<std::string> lora;         // NAME=DIR
+  std::string model_name;         // default: the model folder's name
+  std::vector<std::string> lora;  // NAME=DIR
   serve::HttpOptions http;
   int max_batch = 8;
   int max_queue = 64;
   int64_t ctx = 4096;
-  int64_t kv_cache_tokens = 0;           // 0: ctx x max_batch
+  int64_t kv_cache_tokens = 0;  // 0: ctx x max_batch
   int64_t prefill_chunk = 512;
   double timeout_s = 600;
   double drain_seconds = 10;
@@ -42,13 +42,16 @@ struct Adapter {
   std::string dir;
 };
 
-std::vector<Adapter> parse_adapters(const std::vector<std::string>& specs, const std::string& base) {
+std::vector<Adapter> parse_adapters(const std::vector<std::string>& specs,
+                                    const std::string& base) {
   std::vector<Adapter> adapters;
   for (const std::string& spec : specs) {
     const size_t eq = spec.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
-      fail("--lora {}: expected NAME=DIR (the name requests use as \"model\", and the PEFT adapter "
-           "folder)", spec);
+      fail(
+          "--lora {}: expected NAME=DIR (the name requests use as \"model\", and the PEFT adapter "
+          "folder)",
+          spec);
     }
     Adapter a{spec.substr(0, eq), spec.substr(eq + 1)};
     if (a.name == base) fail("--lora {}: the name '{}' is the base model's name", spec, a.name);
@@ -103,7 +106,8 @@ class ShutdownSignal {
 void run(ServeCliOptions o) {
   if (o.model_name.empty()) {
     o.model_name = std::filesystem::path(o.model.model_dir).lexically_normal().filename().string();
-    if (o.model_name.empty()) o.model_name = std::filesystem::path(o.model.model_dir).parent_path().filename().string();
+    if (o.model_name.empty())
+      o.model_name = std::filesystem::path(o.model.model_dir).parent_path().filename().string();
   }
   const std::vector<Adapter> adapters = parse_adapters(o.lora, o.model_name);
   ShutdownSignal shutdown;
@@ -111,7 +115,8 @@ void run(ServeCliOptions o) {
   if (o.http.threads == 0) o.http.threads = o.max_batch + o.max_queue + 16;
   serve::HttpServer http(o.http);
   http.start();
-  log_line(fmt::format("serve: listening on http://{}:{} (loading the model)", o.http.host, http.port()));
+  log_line(fmt::format("serve: listening on http://{}:{} (loading the model)", o.http.host,
+                       http.port()));
 
   Engine engine = load_engine(o.model);
   std::vector<LoadedModel> adapter_models;
@@ -125,28 +130,32 @@ void run(ServeCliOptions o) {
   }
   serve::ServeContext ctx(load_tokenizer(o.model.model_dir));
   ctx.model_names.push_back(o.model_name);
-  for (const Adapter& a : adapters) ctx.model_names.push_back(a.name);
+  for (const Adapter& a : adapters)
+    ctx.model_names.push_back(a.name);
   ctx.stop_ids = ctx.tokenizer.stop_ids(engine.loaded.eos_token_ids());
   ctx.context_tokens = std::min(o.ctx, engine.loaded.config.max_position_embeddings);
   ctx.timeout_s = o.timeout_s;
   ctx.created = std::chrono::duration_cast<std::chrono::seconds>(
-                    std::chrono::system_clock::now().time_since_epoch()).count();
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
 
   SchedulerOptions sched;
   sched.max_batch = o.max_batch;
   sched.max_queue = o.max_queue;
   sched.context_tokens = ctx.context_tokens;
   sched.prefill_tokens = o.prefill_chunk;
-  const int64_t kv_tokens = o.kv_cache_tokens > 0 ? o.kv_cache_tokens : ctx.context_tokens * o.max_batch;
+  const int64_t kv_tokens =
+      o.kv_cache_tokens > 0 ? o.kv_cache_tokens : ctx.context_tokens * o.max_batch;
   KvCache cache(*engine.backend, engine.loaded.config, kv_tokens, sched.kv_block_size);
   BatchScheduler scheduler(models, cache, sched);
   ctx.scheduler = &scheduler;
   http.set_ready(&ctx);
   shutdown.set_ready();
-  log_line(fmt::format("serve: ready: model '{}'{}, context {} tokens, batch {}, queue {}, KV cache "
-                       "{} tokens, on http://{}:{}",
-                       o.model_name, adapters.empty() ? "" : fmt::format(" + {} adapters", adapters.size()),
-                       ctx.context_tokens, o.max_batch, o.max_queue, kv_tokens, o.http.host, http.port()));
+  log_line(fmt::format(
+      "serve: ready: model '{}'{}, context {} tokens, batch {}, queue {}, KV cache "
+      "{} tokens, on http://{}:{}",
+      o.model_name, adapters.empty() ? "" : fmt::format(" + {} adapters", adapters.size()),
+      ctx.context_tokens, o.max_batch, o.max_queue, kv_tokens, o.http.host, http.port()));
 
   const int sig = shutdown.wait();
   log_line(fmt::format("serve: {}: no new requests; finishing in-flight ones (up to {} s)",
@@ -162,34 +171,47 @@ void run(ServeCliOptions o) {
 
 void register_serve(CLI::App& app) {
   auto o = std::make_shared<ServeCliOptions>();
-  CLI::App* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching");
+  CLI::App* cmd =
+      app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching");
   add_model_options(*cmd, o->model);
   cmd->remove_option(cmd->get_option("--lora"));
   cmd->add_option("--lora", o->lora,
                   "NAME=DIR: serve the PEFT adapter in DIR as model NAME (repeatable)");
-  cmd->add_option("--model-name", o->model_name, "The base model's name in the API (default: the folder name)");
+  cmd->add_option("--model-name", o->model_name,
+                  "The base model's name in the API (default: the folder name)");
   cmd->add_option("--host", o->http.host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", o->http.port, "Port (0: any free port, printed on stderr)")
-      ->check(CLI::Range(0, 65535))->capture_default_str();
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
   cmd->add_option("--api-key", o->http.api_key, "Require 'Authorization: Bearer KEY'")
       ->envname("LLAMAQ_API_KEY");
   cmd->add_option("--max-batch", o->max_batch, "Sequences decoded together")
-      ->check(CLI::Range(1, 1024))->capture_default_str();
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
   cmd->add_option("--max-queue", o->max_queue, "Requests waiting for a slot before 503")
-      ->check(CLI::Range(0, 100000))->capture_default_str();
+      ->check(CLI::Range(0, 100000))
+      ->capture_default_str();
   cmd->add_option("-c,--ctx", o->ctx, "Context per request in tokens (prompt + completion)")
-      ->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--kv-cache-tokens", o->kv_cache_tokens, "KV cache size in tokens (default ctx x max-batch)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--kv-cache-tokens", o->kv_cache_tokens,
+                  "KV cache size in tokens (default ctx x max-batch)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens processed per step")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd->add_option("--timeout", o->timeout_s, "Longest a request may take, in seconds")
-      ->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--drain-seconds", o->drain_seconds, "On SIGTERM, time in-flight requests get to finish")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--drain-seconds", o->drain_seconds,
+                  "On SIGTERM, time in-flight requests get to finish")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--max-body-mb", o->max_body_mb, "Largest request body in MiB")
-      ->check(CLI::Range(1, 1024))->capture_default_str();
-  cmd->add_option("--http-threads", o->http.threads, "HTTP worker threads (default max-batch + max-queue + 16)")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  cmd->add_option("--http-threads", o->http.threads,
+                  "HTTP worker threads (default max-batch + max-queue + 16)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--log-json", o->http.log_json, "Request log as JSON lines");
   cmd->callback([o] { run(*o); });

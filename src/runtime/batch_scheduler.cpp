@@ -17,15 +17,18 @@ double now_seconds() {
 void fill_logprobs(std::span<const float> logits, int top, TokenEvent& event) {
   const float max_logit = *std::max_element(logits.begin(), logits.end());
   double sum = 0;
-  for (float x : logits) sum += std::exp(double(x - max_logit));
+  for (float x : logits)
+    sum += std::exp(double(x - max_logit));
   const double log_z = double(max_logit) + std::log(sum);
   event.logprob = float(double(logits[size_t(event.id)]) - log_z);
   if (top <= 0) return;
   std::vector<int32_t> ids(logits.size());
-  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t(i);
+  for (size_t i = 0; i < ids.size(); ++i)
+    ids[i] = int32_t(i);
   const size_t k = std::min(ids.size(), size_t(top));
   std::partial_sort(ids.begin(), ids.begin() + ptrdiff_t(k), ids.end(), [&](int32_t a, int32_t b) {
-    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
+    return logits[size_t(a)] > logits[size_t(b)] ||
+           (logits[size_t(a)] == logits[size_t(b)] && a < b);
   });
   for (size_t i = 0; i < k; ++i) {
     event.top.push_back({ids[i], float(double(logits[size_t(ids[i])]) - log_z)});
@@ -38,17 +41,20 @@ void fill_logprobs(std::span<const float> logits, int top, TokenEvent& event) {
 struct BatchScheduler::Active {
   BatchRequest request;
   int seq = -1;
-  int64_t prompt_done = 0;          // prompt tokens already in the cache
-  std::vector<int32_t> history;     // prompt + generated (for the repetition penalty)
+  int64_t prompt_done = 0;       // prompt tokens already in the cache
+  std::vector<int32_t> history;  // prompt + generated (for the repetition penalty)
   std::vector<int32_t> generated;
-  std::vector<float> logits;        // [vocab] f32 after this step, adjusted; empty mid-prompt
+  std::vector<float> logits;  // [vocab] f32 after this step, adjusted; empty mid-prompt
   Sampler sampler;
-  int32_t next_token = -1;          // sampled this step
+  int32_t next_token = -1;  // sampled this step
   int64_t budget = 0;
   bool done = false;
 
   Active(BatchRequest r, int s, int64_t b)
-      : request(std::move(r)), seq(s), history(request.prompt), sampler(request.sampling),
+      : request(std::move(r)),
+        seq(s),
+        history(request.prompt),
+        sampler(request.sampling),
         budget(b) {}
   bool prefilling() const { return prompt_done < int64_t(request.prompt.size()); }
 };
@@ -67,11 +73,14 @@ BatchScheduler::BatchScheduler(std::vector<LlamaModel*> models, KvCache& cache,
   }
   kv_total_ = cache_.free_tokens();
   kv_free_ = kv_total_;
-  sampling_pool_ = std::make_unique<ThreadPool>(std::min(8, int(std::thread::hardware_concurrency())));
+  sampling_pool_ =
+      std::make_unique<ThreadPool>(std::min(8, int(std::thread::hardware_concurrency())));
   thread_ = std::thread([this] { loop(); });
 }
 
-BatchScheduler::~BatchScheduler() { stop(); }
+BatchScheduler::~BatchScheduler() {
+  stop();
+}
 
 int64_t BatchScheduler::budget(int64_t prompt_tokens, int64_t max_new_tokens) const {
   // The last sampled token is never fed back, so it needs no cache slot.
@@ -128,11 +137,14 @@ bool BatchScheduler::admit_waiting() {
   wake_.wait(lock, [&] { return stopping_ || draining_ || !waiting_.empty() || !active_.empty(); });
   if (draining_) {
     for (BatchRequest& r : waiting_) {
-      if (r.on_done) r.on_done({FinishReason::Error, int64_t(r.prompt.size()), 0, "the server is shutting down"});
+      if (r.on_done)
+        r.on_done(
+            {FinishReason::Error, int64_t(r.prompt.size()), 0, "the server is shutting down"});
     }
     waiting_.clear();
     if (now_seconds() >= drain_deadline_) {
-      for (auto& a : active_) finish(*a, FinishReason::Error, "the server is shutting down");
+      for (auto& a : active_)
+        finish(*a, FinishReason::Error, "the server is shutting down");
       active_.clear();
     }
     if (active_.empty()) {
@@ -145,7 +157,8 @@ bool BatchScheduler::admit_waiting() {
     }
   }
   while (!waiting_.empty() && int(active_.size()) < options_.max_batch) {
-    const int64_t need = budget(int64_t(waiting_.front().prompt.size()), waiting_.front().max_new_tokens);
+    const int64_t need =
+        budget(int64_t(waiting_.front().prompt.size()), waiting_.front().max_new_tokens);
     if (reserved_tokens_ + need > cache_.capacity_tokens()) break;
     BatchRequest r = std::move(waiting_.front());
     waiting_.pop_front();
@@ -232,9 +245,11 @@ void BatchScheduler::step(int model) {
       Active& a = *sampling[size_t(i)];
       const LogitAdjustments& adj = a.request.adjustments;
       if (!adj.empty()) {
-        for (const auto& [id, bias] : adj.bias) a.logits[size_t(id)] += bias;
+        for (const auto& [id, bias] : adj.bias)
+          a.logits[size_t(id)] += bias;
         std::map<int32_t, int> counts;
-        for (int32_t t : a.generated) ++counts[t];
+        for (int32_t t : a.generated)
+          ++counts[t];
         for (const auto& [id, count] : counts) {
           a.logits[size_t(id)] -= adj.presence_penalty + adj.frequency_penalty * float(count);
         }
@@ -242,7 +257,8 @@ void BatchScheduler::step(int model) {
       a.next_token = a.sampler.sample(a.logits, a.history);
     }
   });
-  for (Active* a : sampling) emit(*a, a->logits);
+  for (Active* a : sampling)
+    emit(*a, a->logits);
 }
 
 // Hands the sampled token to the caller and ends the request when it is finished.

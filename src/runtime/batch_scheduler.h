@@ -18,9 +18,9 @@
 #include <thread>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "model/kv_cache.h"
 #include "model/llama_model.h"
-#include "core/thread_pool.h"
 #include "runtime/sampler.h"
 
 namespace llamaq {
@@ -41,8 +41,8 @@ struct TokenLogprob {
 // One sampled token as the callback sees it.
 struct TokenEvent {
   int32_t id;
-  float logprob = 0;                 // of `id`, when logprobs were asked for
-  std::vector<TokenLogprob> top;     // the most likely alternatives, most likely first
+  float logprob = 0;              // of `id`, when logprobs were asked for
+  std::vector<TokenLogprob> top;  // the most likely alternatives, most likely first
 };
 
 enum class FinishReason { Stop, Length, Cancelled, Error };
@@ -73,8 +73,8 @@ struct BatchRequest {
 };
 
 struct SchedulerOptions {
-  int max_batch = 8;            // sequences in one step
-  int max_queue = 64;           // requests waiting for a slot; submit() refuses beyond
+  int max_batch = 8;              // sequences in one step
+  int max_queue = 64;             // requests waiting for a slot; submit() refuses beyond
   int64_t context_tokens = 4096;  // longest prompt + completion of one request
   int64_t prefill_tokens = 512;   // prompt tokens processed per step (across requests)
   int64_t kv_block_size = 16;     // the cache's block size (admission counts whole blocks)
@@ -119,7 +119,8 @@ class BatchScheduler {
   void finish(Active& a, FinishReason reason, std::string error = {});
   void emit(Active& a, std::span<const float> logits);
   int pick_model() const;
-  int64_t budget(int64_t prompt_tokens, int64_t max_new_tokens) const;  // KV positions, whole blocks
+  int64_t budget(int64_t prompt_tokens,
+                 int64_t max_new_tokens) const;  // KV positions, whole blocks
 
   std::vector<LlamaModel*> models_;
   KvCache& cache_;

@@ -18,14 +18,20 @@ int nesting_depth(std::string_view text) {
   bool in_string = false, escaped = false;
   for (char c : text) {
     if (in_string) {
-      if (escaped) escaped = false;
-      else if (c == '\\') escaped = true;
-      else if (c == '"') in_string = false;
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
       continue;
     }
-    if (c == '"') in_string = true;
-    else if (c == '[' || c == '{') deepest = std::max(deepest, ++depth);
-    else if (c == ']' || c == '}') --depth;
+    if (c == '"')
+      in_string = true;
+    else if (c == '[' || c == '{')
+      deepest = std::max(deepest, ++depth);
+    else if (c == ']' || c == '}')
+      --depth;
     if (deepest > kMaxJsonDepth) break;
   }
   return deepest;
@@ -37,8 +43,9 @@ json parse_body(std::string_view body) {
   }
   json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) {
-    bad_request("", "the request body is not valid JSON (send a JSON object with "
-                    "Content-Type: application/json)");
+    bad_request("",
+                "the request body is not valid JSON (send a JSON object with "
+                "Content-Type: application/json)");
   }
   if (!j.is_object()) bad_request("", "the request body must be a JSON object");
   return j;
@@ -50,21 +57,26 @@ const json* field(const json& j, const char* name) {
   return it == j.end() || it->is_null() ? nullptr : &*it;
 }
 
-std::string type_name(const json& v) { return v.type_name(); }
+std::string type_name(const json& v) {
+  return v.type_name();
+}
 
 bool get_bool(const json& j, const char* name, bool fallback) {
   const json* v = field(j, name);
   if (!v) return fallback;
-  if (!v->is_boolean()) bad_request(name, fmt::format("'{}' must be a boolean, got {}", name, type_name(*v)));
+  if (!v->is_boolean())
+    bad_request(name, fmt::format("'{}' must be a boolean, got {}", name, type_name(*v)));
   return v->get<bool>();
 }
 
 double get_number(const json& j, const char* name, double fallback, double lo, double hi) {
   const json* v = field(j, name);
   if (!v) return fallback;
-  if (!v->is_number()) bad_request(name, fmt::format("'{}' must be a number, got {}", name, type_name(*v)));
+  if (!v->is_number())
+    bad_request(name, fmt::format("'{}' must be a number, got {}", name, type_name(*v)));
   const double x = v->get<double>();
-  if (!(x >= lo && x <= hi)) bad_request(name, fmt::format("'{}' must be in [{}, {}], got {}", name, lo, hi, x));
+  if (!(x >= lo && x <= hi))
+    bad_request(name, fmt::format("'{}' must be in [{}, {}], got {}", name, lo, hi, x));
   return x;
 }
 
@@ -74,18 +86,21 @@ std::optional<int64_t> get_integer(const json& j, const char* name, int64_t lo, 
   if (!v->is_number_integer()) {
     bad_request(name, fmt::format("'{}' must be an integer, got {}", name, type_name(*v)));
   }
-  if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max())) {
+  if (v->is_number_unsigned() &&
+      v->get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max())) {
     bad_request(name, fmt::format("'{}' must be in [{}, {}]", name, lo, hi));
   }
   const int64_t x = v->get<int64_t>();
-  if (x < lo || x > hi) bad_request(name, fmt::format("'{}' must be in [{}, {}], got {}", name, lo, hi, x));
+  if (x < lo || x > hi)
+    bad_request(name, fmt::format("'{}' must be in [{}, {}], got {}", name, lo, hi, x));
   return x;
 }
 
 std::string get_string(const json& j, const char* name) {
   const json* v = field(j, name);
   if (!v) return {};
-  if (!v->is_string()) bad_request(name, fmt::format("'{}' must be a string, got {}", name, type_name(*v)));
+  if (!v->is_string())
+    bad_request(name, fmt::format("'{}' must be a string, got {}", name, type_name(*v)));
   return v->get<std::string>();
 }
 
@@ -97,7 +112,8 @@ std::string message_content(const json& content, const std::string& param) {
   for (const json& part : content) {
     if (!part.is_object() || part.value("type", json()) != "text" || !part.contains("text") ||
         !part["text"].is_string()) {
-      bad_request(param, "only text content parts ({\"type\": \"text\", \"text\": ...}) are supported");
+      bad_request(param,
+                  "only text content parts ({\"type\": \"text\", \"text\": ...}) are supported");
     }
     text += part["text"].get<std::string>();
   }
@@ -119,7 +135,8 @@ std::vector<ChatMessage> parse_messages(const json& j) {
     if (r == "developer") r = "system";  // OpenAI's newer name for the system role
     if (r != "system" && r != "user" && r != "assistant") {
       bad_request(param + ".role", fmt::format("{}.role '{}' is not supported (system, developer, "
-                                               "user or assistant)", param, r));
+                                               "user or assistant)",
+                                               param, r));
     }
     const json* content = field(m, "content");
     messages.push_back({r, content ? message_content(*content, param + ".content") : ""});
@@ -131,7 +148,8 @@ std::vector<std::string> parse_stop(const json& j) {
   const json* v = field(j, "stop");
   if (!v) return {};
   if (v->is_string()) return {v->get<std::string>()};
-  if (!v->is_array() || v->size() > 4) bad_request("stop", "'stop' must be a string or an array of up to 4 strings");
+  if (!v->is_array() || v->size() > 4)
+    bad_request("stop", "'stop' must be a string or an array of up to 4 strings");
   std::vector<std::string> stop;
   for (const json& s : *v) {
     if (!s.is_string() || s.get<std::string>().empty()) {
@@ -145,7 +163,8 @@ std::vector<std::string> parse_stop(const json& j) {
 std::map<int32_t, float> parse_logit_bias(const json& j) {
   const json* v = field(j, "logit_bias");
   if (!v) return {};
-  if (!v->is_object()) bad_request("logit_bias", "'logit_bias' must be an object of token id -> bias");
+  if (!v->is_object())
+    bad_request("logit_bias", "'logit_bias' must be an object of token id -> bias");
   std::map<int32_t, float> bias;
   for (const auto& [key, value] : v->items()) {
     int64_t id = -1;
@@ -180,7 +199,8 @@ void parse_common(const json& j, GenerationRequest& r) {
   r.stream = get_bool(j, "stream", false);
   if (const json* so = field(j, "stream_options")) {
     if (!so->is_object()) bad_request("stream_options", "'stream_options' must be an object");
-    if (!r.stream) bad_request("stream_options", "'stream_options' is only allowed when 'stream' is true");
+    if (!r.stream)
+      bad_request("stream_options", "'stream_options' is only allowed when 'stream' is true");
     r.include_usage = get_bool(*so, "include_usage", false);
   }
   if (const auto n = get_integer(j, "n", 1, 128); n && *n != 1) {
@@ -227,15 +247,18 @@ GenerationRequest parse_completion_request(std::string_view body) {
   if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) p = &(*p)[0];
   if (p->is_string()) {
     r.prompt = p->get<std::string>();
-  } else if (p->is_array() && !p->empty() &&
-             std::all_of(p->begin(), p->end(), [](const json& x) { return x.is_number_integer(); })) {
+  } else if (p->is_array() && !p->empty() && std::all_of(p->begin(), p->end(), [](const json& x) {
+               return x.is_number_integer();
+             })) {
     for (const json& x : *p) {
       const int64_t id = x.get<int64_t>();
-      if (id < 0 || id > std::numeric_limits<int32_t>::max()) bad_request("prompt", fmt::format("token id {} is out of range", id));
+      if (id < 0 || id > std::numeric_limits<int32_t>::max())
+        bad_request("prompt", fmt::format("token id {} is out of range", id));
       r.prompt_ids.push_back(int32_t(id));
     }
   } else {
-    bad_request("prompt", "'prompt' must be a string, an array of one string, or an array of token ids");
+    bad_request("prompt",
+                "'prompt' must be a string, an array of one string, or an array of token ids");
   }
   parse_common(j, r);
   r.max_tokens = get_integer(j, "max_tokens", 1, kMaxTokensBound);

@@ -20,8 +20,11 @@ class ApiError : public std::runtime_error {
  public:
   ApiError(int status, std::string type, std::string message, std::string param = {},
            std::string code = {})
-      : std::runtime_error(message), status_(status), type_(std::move(type)),
-        param_(std::move(param)), code_(std::move(code)) {}
+      : std::runtime_error(message),
+        status_(status),
+        type_(std::move(type)),
+        param_(std::move(param)),
+        code_(std::move(code)) {}
   int status() const { return status_; }
   const std::string& type() const { return type_; }
   const std::string& param() const { return param_; }
@@ -39,22 +42,22 @@ enum class Endpoint { Chat, Completion };
 
 struct GenerationRequest {
   Endpoint endpoint = Endpoint::Chat;
-  std::string model;                      // empty: the base model
-  std::vector<ChatMessage> messages;      // chat
-  std::string prompt;                     // completion, as text
-  std::vector<int32_t> prompt_ids;        // completion, given as token ids
-  std::optional<int64_t> max_tokens;      // absent: until the context is full
-  float temperature = 1.0f;               // OpenAI's default
+  std::string model;                  // empty: the base model
+  std::vector<ChatMessage> messages;  // chat
+  std::string prompt;                 // completion, as text
+  std::vector<int32_t> prompt_ids;    // completion, given as token ids
+  std::optional<int64_t> max_tokens;  // absent: until the context is full
+  float temperature = 1.0f;           // OpenAI's default
   float top_p = 1.0f;
   std::optional<uint64_t> seed;
-  std::vector<std::string> stop;          // up to 4 strings
+  std::vector<std::string> stop;  // up to 4 strings
   bool stream = false;
-  bool include_usage = false;             // stream_options.include_usage
+  bool include_usage = false;  // stream_options.include_usage
   bool logprobs = false;
-  int top_logprobs = 0;                   // 0..20
+  int top_logprobs = 0;  // 0..20
   float presence_penalty = 0.0f;
   float frequency_penalty = 0.0f;
-  std::map<int32_t, float> logit_bias;    // token id -> bias in [-100, 100]
+  std::map<int32_t, float> logit_bias;  // token id -> bias in [-100, 100]
   std::string user;
 };
 

@@ -15,14 +15,17 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 int model_index(const ServeContext& ctx, const std::string& name) {
   if (name.empty()) return 0;
   const auto it = std::find(ctx.model_names.begin(), ctx.model_names.end(), name);
   if (it == ctx.model_names.end()) {
     std::string known;
-    for (const std::string& n : ctx.model_names) known += (known.empty() ? "" : ", ") + n;
+    for (const std::string& n : ctx.model_names)
+      known += (known.empty() ? "" : ", ") + n;
     throw ApiError(404, "invalid_request_error",
                    fmt::format("The model '{}' does not exist (this server has: {})", name, known),
                    "model", "model_not_found");
@@ -51,7 +54,8 @@ BatchRequest batch_request(const ServeContext& ctx, const GenerationRequest& r) 
   const int64_t prompt = int64_t(b.prompt.size());
   const int32_t vocab = ctx.tokenizer.vocab_size();
   for (int32_t id : b.prompt) {
-    if (id >= vocab) bad_request("prompt", fmt::format("token id {} is outside the vocabulary of {}", id, vocab));
+    if (id >= vocab)
+      bad_request("prompt", fmt::format("token id {} is outside the vocabulary of {}", id, vocab));
   }
   if (prompt >= ctx.context_tokens) {
     throw ApiError(400, "invalid_request_error",
@@ -62,11 +66,12 @@ BatchRequest batch_request(const ServeContext& ctx, const GenerationRequest& r) 
   }
   b.max_new_tokens = r.max_tokens.value_or(ctx.context_tokens - prompt);
   if (prompt + b.max_new_tokens > ctx.context_tokens) {
-    throw ApiError(400, "invalid_request_error",
-                   fmt::format("This model's maximum context length is {} tokens; the request has "
-                               "{} prompt tokens and asks for {} completion tokens ({} in all)",
-                               ctx.context_tokens, prompt, b.max_new_tokens, prompt + b.max_new_tokens),
-                   "max_tokens", "context_length_exceeded");
+    throw ApiError(
+        400, "invalid_request_error",
+        fmt::format("This model's maximum context length is {} tokens; the request has "
+                    "{} prompt tokens and asks for {} completion tokens ({} in all)",
+                    ctx.context_tokens, prompt, b.max_new_tokens, prompt + b.max_new_tokens),
+        "max_tokens", "context_length_exceeded");
   }
   b.stop_ids = ctx.stop_ids;
   // top_p = 0 keeps only the most likely token: greedy.
@@ -74,7 +79,9 @@ BatchRequest batch_request(const ServeContext& ctx, const GenerationRequest& r) 
   b.sampling.top_p = r.top_p > 0 ? r.top_p : 1.0f;
   b.sampling.seed = r.seed ? *r.seed : std::random_device{}();
   for (const auto& [id, bias] : r.logit_bias) {
-    if (id >= vocab) bad_request("logit_bias", fmt::format("logit_bias token {} is outside the vocabulary of {}", id, vocab));
+    if (id >= vocab)
+      bad_request("logit_bias",
+                  fmt::format("logit_bias token {} is outside the vocabulary of {}", id, vocab));
   }
   b.adjustments = {r.logit_bias, r.presence_penalty, r.frequency_penalty};
   b.logprobs = r.logprobs;
@@ -97,7 +104,9 @@ struct Call {
   bool finished = false;
 
   Call(const ServeContext& c, GenerationRequest r, const std::string& model_name)
-      : ctx(c), request(std::move(r)), meta(new_response_meta(request.endpoint, model_name)),
+      : ctx(c),
+        request(std::move(r)),
+        meta(new_response_meta(request.endpoint, model_name)),
         text(c.tokenizer, request.stop),
         deadline(Clock::now() + std::chrono::milliseconds(int64_t(c.timeout_s * 1000))) {}
 
@@ -188,7 +197,9 @@ void respond_whole(Call& call, httplib::Response& res) {
   res.set_content(dump(body), "application/json");
 }
 
-std::string sse(const json& j) { return "data: " + dump(j) + "\n\n"; }
+std::string sse(const json& j) {
+  return "data: " + dump(j) + "\n\n";
+}
 
 // One call of the stream provider: waits for tokens and writes the chunks they complete.
 // Returns false when the client is gone.
@@ -197,7 +208,8 @@ bool stream_step(Call& call, httplib::DataSink& sink, size_t& text_offset) {
   const auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
   if (!call.started) {
     call.started = true;
-    if (ep == Endpoint::Chat && !write(sse(chunk_json(ep, call.meta, "", nullptr, nullptr, true)))) {
+    if (ep == Endpoint::Chat &&
+        !write(sse(chunk_json(ep, call.meta, "", nullptr, nullptr, true)))) {
       return false;
     }
   }
@@ -225,9 +237,11 @@ bool stream_step(Call& call, httplib::DataSink& sink, size_t& text_offset) {
   } else {
     const std::string rest = call.text.finish();
     const json logprobs = call.take_logprobs(text_offset);
-    if (!write(sse(chunk_json(ep, call.meta, rest, call.finish_reason(), logprobs, false)))) return false;
+    if (!write(sse(chunk_json(ep, call.meta, rest, call.finish_reason(), logprobs, false))))
+      return false;
     if (call.request.include_usage) {
-      write(sse(usage_chunk_json(ep, call.meta, usage_json(call.prompt_tokens, call.completion_tokens))));
+      write(sse(
+          usage_chunk_json(ep, call.meta, usage_json(call.prompt_tokens, call.completion_tokens))));
     }
   }
   write("data: [DONE]\n\n");

@@ -14,7 +14,9 @@
 namespace llamaq::serve {
 namespace {
 
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 void send_error(httplib::Response& res, const ApiError& e) {
   res.status = e.status();
@@ -42,10 +44,11 @@ json health_json(const ServeContext& ctx) {
 }
 
 json model_json(const ServeContext& ctx, size_t index) {
-  return {{"id", ctx.model_names[index]},
-          {"object", "model"},
-          {"created", ctx.created},
-          {"owned_by", index == 0 ? "llamaq" : "llamaq (LoRA adapter of " + ctx.model_names[0] + ")"}};
+  return {
+      {"id", ctx.model_names[index]},
+      {"object", "model"},
+      {"created", ctx.created},
+      {"owned_by", index == 0 ? "llamaq" : "llamaq (LoRA adapter of " + ctx.model_names[0] + ")"}};
 }
 
 json tokenize_json(const ServeContext& ctx, std::string_view body) {
@@ -73,7 +76,8 @@ json detokenize_json(const ServeContext& ctx, std::string_view body) {
   const std::vector<int32_t> ids = parse_detokenize_request(body);
   const int32_t vocab = ctx.tokenizer.vocab_size();
   for (int32_t id : ids) {
-    if (id >= vocab) bad_request("tokens", fmt::format("token id {} is outside the vocabulary of {}", id, vocab));
+    if (id >= vocab)
+      bad_request("tokens", fmt::format("token id {} is outside the vocabulary of {}", id, vocab));
   }
   try {
     return {{"content", ctx.tokenizer.decode(ids, /*skip_special=*/false)}};
@@ -99,16 +103,23 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
 HttpServer::HttpServer(HttpOptions options)
     : options_(std::move(options)), server_(std::make_unique<httplib::Server>()) {}
 
-HttpServer::~HttpServer() { stop(); }
+HttpServer::~HttpServer() {
+  stop();
+}
 
 void HttpServer::log(const RequestLog& e) {
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - e.start).count();
   std::string line;
   if (options_.log_json) {
-    line = dump(json{{"method", e.method}, {"path", e.path}, {"status", e.status},
-                     {"remote", e.remote}, {"model", e.model}, {"prompt_tokens", e.prompt_tokens},
-                     {"completion_tokens", e.completion_tokens}, {"seconds", seconds},
+    line = dump(json{{"method", e.method},
+                     {"path", e.path},
+                     {"status", e.status},
+                     {"remote", e.remote},
+                     {"model", e.model},
+                     {"prompt_tokens", e.prompt_tokens},
+                     {"completion_tokens", e.completion_tokens},
+                     {"seconds", seconds},
                      {"note", e.note}});
   } else {
     line = fmt::format("{} {} {} prompt={} completion={} {:.3f}s{}{}", e.method, e.path, e.status,
@@ -127,7 +138,8 @@ void HttpServer::add_routes() {
     return [this, handler](const httplib::Request& req, httplib::Response& res) {
       RequestLog entry{req.method, req.path, req.remote_addr};
       try {
-        if (!options_.api_key.empty() && !constant_time_equal(bearer_token(req), options_.api_key)) {
+        if (!options_.api_key.empty() &&
+            !constant_time_equal(bearer_token(req), options_.api_key)) {
           throw ApiError(401, "invalid_request_error",
                          "Incorrect or missing API key (send the header 'Authorization: Bearer "
                          "KEY')",
@@ -135,7 +147,8 @@ void HttpServer::add_routes() {
         }
         const ServeContext* ctx = ctx_.load();
         if (!ctx) throw ApiError(503, "server_error", "The model is still loading", "", "loading");
-        if (draining_) throw ApiError(503, "server_error", "The server is shutting down", "", "shutting_down");
+        if (draining_)
+          throw ApiError(503, "server_error", "The server is shutting down", "", "shutting_down");
         res.status = 200;
         entry.status = 200;
         handler(*ctx, req, res, entry);
@@ -172,27 +185,30 @@ void HttpServer::add_routes() {
   server_->Post("/v1/completions", route(completion(Endpoint::Completion)));
   server_->Get("/v1/models", route([](const ServeContext& ctx, const httplib::Request&,
                                       httplib::Response& res, RequestLog&) {
-    json data = json::array();
-    for (size_t i = 0; i < ctx.model_names.size(); ++i) data.push_back(model_json(ctx, i));
-    res.set_content(dump({{"object", "list"}, {"data", data}}), "application/json");
-  }));
+                 json data = json::array();
+                 for (size_t i = 0; i < ctx.model_names.size(); ++i)
+                   data.push_back(model_json(ctx, i));
+                 res.set_content(dump({{"object", "list"}, {"data", data}}), "application/json");
+               }));
   server_->Get("/v1/models/(.+)", route([](const ServeContext& ctx, const httplib::Request& req,
                                            httplib::Response& res, RequestLog&) {
-    const std::string name = req.matches[1];
-    for (size_t i = 0; i < ctx.model_names.size(); ++i) {
-      if (ctx.model_names[i] == name) return res.set_content(dump(model_json(ctx, i)), "application/json");
-    }
-    throw ApiError(404, "invalid_request_error", fmt::format("The model '{}' does not exist", name),
-                   "model", "model_not_found");
-  }));
+                 const std::string name = req.matches[1];
+                 for (size_t i = 0; i < ctx.model_names.size(); ++i) {
+                   if (ctx.model_names[i] == name)
+                     return res.set_content(dump(model_json(ctx, i)), "application/json");
+                 }
+                 throw ApiError(404, "invalid_request_error",
+                                fmt::format("The model '{}' does not exist", name), "model",
+                                "model_not_found");
+               }));
   server_->Post("/tokenize", route([](const ServeContext& ctx, const httplib::Request& req,
                                       httplib::Response& res, RequestLog&) {
-    res.set_content(dump(tokenize_json(ctx, req.body)), "application/json");
-  }));
+                  res.set_content(dump(tokenize_json(ctx, req.body)), "application/json");
+                }));
   server_->Post("/detokenize", route([](const ServeContext& ctx, const httplib::Request& req,
                                         httplib::Response& res, RequestLog&) {
-    res.set_content(dump(detokenize_json(ctx, req.body)), "application/json");
-  }));
+                  res.set_content(dump(detokenize_json(ctx, req.body)), "application/json");
+                }));
   server_->Get("/health", [this](const httplib::Request&, httplib::Response& res) {
     const ServeContext* ctx = ctx_.load();
     if (!ctx || draining_) {
@@ -207,8 +223,10 @@ void HttpServer::add_routes() {
     if (!res.body.empty()) return;
     const std::string message =
         res.status == 404   ? fmt::format("Unknown endpoint {} {}", req.method, req.path)
-        : res.status == 413 ? fmt::format("The request body is larger than the server's limit of {} "
-                                          "bytes", options_.max_body_bytes)
+        : res.status == 413 ? fmt::format(
+                                  "The request body is larger than the server's limit of {} "
+                                  "bytes",
+                                  options_.max_body_bytes)
                             : fmt::format("HTTP error {}", res.status);
     res.set_content(dump(error_json(ApiError(res.status, "invalid_request_error", message))),
                     "application/json");
@@ -247,10 +265,13 @@ void HttpServer::start() {
     server_->listen_after_bind();
     *loop_ended = true;
   });
-  while (!server_->is_running() && !*loop_ended) std::this_thread::yield();
+  while (!server_->is_running() && !*loop_ended)
+    std::this_thread::yield();
 }
 
-void HttpServer::set_ready(const ServeContext* ctx) { ctx_ = ctx; }
+void HttpServer::set_ready(const ServeContext* ctx) {
+  ctx_ = ctx;
+}
 
 void HttpServer::stop(double stream_grace_s) {
   if (!thread_.joinable()) return;

@@ -20,11 +20,11 @@ namespace llamaq::serve {
 
 struct HttpOptions {
   std::string host = "127.0.0.1";
-  int port = 8080;                // 0: any free port (see HttpServer::port())
-  std::string api_key;            // empty: no authentication
+  int port = 8080;      // 0: any free port (see HttpServer::port())
+  std::string api_key;  // empty: no authentication
   size_t max_body_bytes = 8 << 20;
-  bool log_json = false;          // request log as JSON lines instead of text
-  int threads = 0;                // HTTP worker threads; 0: max_batch + max_queue + 8
+  bool log_json = false;  // request log as JSON lines instead of text
+  int threads = 0;        // HTTP worker threads; 0: max_batch + max_queue + 8
 };
 
 class HttpServer {

@@ -33,9 +33,11 @@ json base_object(Endpoint endpoint, const ResponseMeta& meta, bool chunk) {
 json token_entry(const Tokenizer& tokenizer, int32_t id, float logprob) {
   const std::string& raw = tokenizer.token_bytes(id);
   json bytes = json::array();
-  for (unsigned char c : raw) bytes.push_back(int(c));
+  for (unsigned char c : raw)
+    bytes.push_back(int(c));
   const int32_t ids[1] = {id};
-  return {{"token", tokenizer.decode(ids, /*skip_special=*/false)}, {"logprob", logprob},
+  return {{"token", tokenizer.decode(ids, /*skip_special=*/false)},
+          {"logprob", logprob},
           {"bytes", bytes}};
 }
 
@@ -66,7 +68,8 @@ json chat_logprobs_json(const Tokenizer& tokenizer, const std::vector<TokenEvent
   for (const TokenEvent& t : tokens) {
     json entry = token_entry(tokenizer, t.id, t.logprob);
     json top = json::array();
-    for (const TokenLogprob& alt : t.top) top.push_back(token_entry(tokenizer, alt.id, alt.logprob));
+    for (const TokenLogprob& alt : t.top)
+      top.push_back(token_entry(tokenizer, alt.id, alt.logprob));
     entry["top_logprobs"] = std::move(top);
     content.push_back(std::move(entry));
   }
@@ -75,7 +78,8 @@ json chat_logprobs_json(const Tokenizer& tokenizer, const std::vector<TokenEvent
 
 json completion_logprobs_json(const Tokenizer& tokenizer, const std::vector<TokenEvent>& tokens,
                               size_t text_offset) {
-  json texts = json::array(), logprobs = json::array(), tops = json::array(), offsets = json::array();
+  json texts = json::array(), logprobs = json::array(), tops = json::array(),
+       offsets = json::array();
   for (const TokenEvent& t : tokens) {
     const int32_t ids[1] = {t.id};
     const std::string text = tokenizer.decode(ids, /*skip_special=*/false);
@@ -90,7 +94,9 @@ json completion_logprobs_json(const Tokenizer& tokenizer, const std::vector<Toke
     offsets.push_back(text_offset);
     text_offset += text.size();
   }
-  return {{"tokens", texts}, {"token_logprobs", logprobs}, {"top_logprobs", tops},
+  return {{"tokens", texts},
+          {"token_logprobs", logprobs},
+          {"top_logprobs", tops},
           {"text_offset", offsets}};
 }
 

@@ -19,8 +19,8 @@ struct ServeContext {
   std::vector<int32_t> stop_ids;         // ids that end generation (EOS, <|eot_id|>, ...)
   BatchScheduler* scheduler = nullptr;
   int64_t context_tokens = 0;
-  double timeout_s = 600;                // longest a generation request may take
-  int64_t created = 0;                   // unix seconds the server started (for /v1/models)
+  double timeout_s = 600;  // longest a generation request may take
+  int64_t created = 0;     // unix seconds the server started (for /v1/models)
 };
 
 // One log line per request, written when the response is complete (streams: when they end).

@@ -6,7 +6,8 @@ namespace llamaq::serve {
 
 TextStream::TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop)
     : decoder_(tokenizer, /*skip_special=*/true), stop_(std::move(stop)) {
-  for (const std::string& s : stop_) longest_stop_ = std::max(longest_stop_, s.size());
+  for (const std::string& s : stop_)
+    longest_stop_ = std::max(longest_stop_, s.size());
 }
 
 std::string TextStream::push(int32_t id) {
@@ -29,7 +30,8 @@ std::string TextStream::release() {
   // A stop string can only newly appear in text that ends in the new bytes.
   const size_t from = sent_ >= longest_stop_ ? sent_ - longest_stop_ + 1 : 0;
   size_t cut = std::string::npos;
-  for (const std::string& s : stop_) cut = std::min(cut, text_.find(s, from));
+  for (const std::string& s : stop_)
+    cut = std::min(cut, text_.find(s, from));
   if (cut != std::string::npos) {
     text_.resize(cut);
     stopped_ = true;

@@ -28,8 +28,8 @@ class TextStream {
 
   StreamingDecoder decoder_;
   std::vector<std::string> stop_;
-  std::string text_;     // everything decoded so far (cut at the stop string once found)
-  size_t sent_ = 0;      // bytes of text_ already returned
+  std::string text_;  // everything decoded so far (cut at the stop string once found)
+  size_t sent_ = 0;   // bytes of text_ already returned
   size_t longest_stop_ = 0;
   bool stopped_ = false;
 };

@@ -25,7 +25,8 @@ TokenChannel::Wait TokenChannel::take(std::deque<TokenEvent>& out, Clock::time_p
     return Wait::TimedOut;
   }
   if (!events_.empty()) {
-    for (TokenEvent& e : events_) out.push_back(std::move(e));
+    for (TokenEvent& e : events_)
+      out.push_back(std::move(e));
     events_.clear();
     return Wait::Events;
   }

@@ -2,6 +2,8 @@
 // errors as 400 naming the field, unknown fields ignored, bounded nesting.
 #include <gtest/gtest.h>
 
+#include <cctype>
+
 #include "serve/api_request.h"
 
 namespace llamaq::serve {
@@ -38,7 +40,8 @@ TEST(ApiRequest, ChatReadsEveryField) {
 }
 
 TEST(ApiRequest, DefaultsFollowOpenAI) {
-  const GenerationRequest chat = parse_chat_request(R"({"messages": [{"role": "user", "content": "hi"}]})");
+  const GenerationRequest chat =
+      parse_chat_request(R"({"messages": [{"role": "user", "content": "hi"}]})");
   EXPECT_FALSE(chat.max_tokens.has_value());  // until the context is full
   EXPECT_FLOAT_EQ(chat.temperature, 1.0f);
   EXPECT_FALSE(chat.seed.has_value());
@@ -57,6 +60,9 @@ struct BadCase {
   const char* param;
   const char* message_part;
 };
+
+// How gtest (and so the CTest name) shows a case: the body.
+void PrintTo(const BadCase& c, std::ostream* os) { *os << c.body; }
 
 class ApiRequestBad : public ::testing::TestWithParam<BadCase> {};
 
@@ -96,12 +102,22 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"{" MSGS R"(, "stop": 3})", "stop", "string"},
         BadCase{"{" MSGS R"(, "stop": [""]})", "stop", "non-empty"},
         BadCase{"{" MSGS R"(, "stream": "yes"})", "stream", "boolean"},
-        BadCase{"{" MSGS R"(, "stream_options": {"include_usage": true}})", "stream_options", "stream"},
+        BadCase{"{" MSGS R"(, "stream_options": {"include_usage": true}})", "stream_options",
+                "stream"},
         BadCase{"{" MSGS R"(, "n": 3})", "n", "n = 1"},
         BadCase{"{" MSGS R"(, "top_logprobs": 21, "logprobs": true})", "top_logprobs", "[0, 20]"},
         BadCase{"{" MSGS R"(, "logit_bias": {"abc": 1}})", "logit_bias", "abc"},
         BadCase{"{" MSGS R"(, "logit_bias": {"5": 101}})", "logit_bias", "[-100, 100]"},
-        BadCase{"{" MSGS R"(, "presence_penalty": 2.5})", "presence_penalty", "[-2, 2]"}));
+        BadCase{"{" MSGS R"(, "presence_penalty": 2.5})", "presence_penalty", "[-2, 2]"}),
+    [](const ::testing::TestParamInfo<BadCase>& case_info) {
+      // "3_messages_0__role": the case number and the field it is about.
+      std::string name = std::to_string(case_info.index) + "_" +
+                         (*case_info.param.param ? case_info.param.param : "body");
+      for (char& c : name) {
+        if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+      }
+      return name;
+    });
 #undef MSGS
 
 TEST(ApiRequest, NestingIsBoundedButBracketsInStringsAreText) {

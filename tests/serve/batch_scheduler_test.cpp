@@ -57,7 +57,8 @@ BatchRequest wire(BatchRequest r, Collected& c, size_t limit = 0) {
   return r;
 }
 
-BatchRequest request(std::vector<int32_t> prompt, int64_t max_new, float temperature, uint64_t seed) {
+BatchRequest request(std::vector<int32_t> prompt, int64_t max_new, float temperature,
+                     uint64_t seed) {
   BatchRequest r;
   r.prompt = std::move(prompt);
   r.max_new_tokens = max_new;
@@ -80,14 +81,16 @@ TEST(BatchScheduler, EachRequestMatchesGenerateAlone) {
   // Prefill of 7 tokens per step: long prompts take several steps while others decode.
   std::vector<BatchRequest> requests = {
       request({128000, 9906, 1917}, 12, 0.0f, 1),
-      request({128000, 791, 6864, 315, 9822, 374, 12366, 13, 578, 6864, 315, 9635, 374}, 9, 0.8f, 7),
+      request({128000, 791, 6864, 315, 9822, 374, 12366, 13, 578, 6864, 315, 9635, 374}, 9, 0.8f,
+              7),
       request({128000, 40, 1093}, 20, 1.0f, 42),
       request({128000, 9906}, 5, 0.0f, 3),
       request({128000, 3923, 374, 279, 1888, 1646, 30}, 15, 0.7f, 11),
   };
   // References first: the backend serves one thread at a time.
   std::vector<std::vector<int32_t>> expected;
-  for (const BatchRequest& r : requests) expected.push_back(reference(r));
+  for (const BatchRequest& r : requests)
+    expected.push_back(reference(r));
   KvCache cache(*fixture().backend, fixture().model().config(), 256 * 4);
   BatchScheduler scheduler({&fixture().model()}, cache, options(3, 16, 7));
   std::vector<Collected> got(requests.size());
@@ -156,11 +159,12 @@ TEST(BatchScheduler, LogprobsAreTheLogSoftmaxOfTheLogits) {
   scheduler.submit(wire(r, c));
   c.done.get_future().wait();
   KvCache ref_cache(*fixture().backend, fixture().model().config(), 64);
-  const std::vector<float> logits =
-      fixture().model().forward_to_host(ref_cache, ref_cache.add_sequence(), r.prompt, LogitsFor::LastToken);
+  const std::vector<float> logits = fixture().model().forward_to_host(
+      ref_cache, ref_cache.add_sequence(), r.prompt, LogitsFor::LastToken);
   double z = 0;
   const float top = *std::max_element(logits.begin(), logits.end());
-  for (float x : logits) z += std::exp(double(x - top));
+  for (float x : logits)
+    z += std::exp(double(x - top));
   ASSERT_EQ(c.events.size(), 1u);
   const TokenEvent& e = c.events[0];
   EXPECT_EQ(e.id, argmax(logits));
@@ -168,7 +172,8 @@ TEST(BatchScheduler, LogprobsAreTheLogSoftmaxOfTheLogits) {
   EXPECT_NEAR(e.logprob, double(logits[size_t(e.id)] - top) - std::log(z), 1e-4);
   ASSERT_EQ(e.top.size(), 4u);
   EXPECT_EQ(e.top[0].id, e.id);
-  for (size_t i = 1; i < e.top.size(); ++i) EXPECT_LE(e.top[i].logprob, e.top[i - 1].logprob);
+  for (size_t i = 1; i < e.top.size(); ++i)
+    EXPECT_LE(e.top[i].logprob, e.top[i - 1].logprob);
 }
 
 TEST(BatchScheduler, RefusesWhatCannotRun) {
@@ -200,9 +205,11 @@ TEST(BatchScheduler, FullQueueAndShutdown) {
   };
   scheduler.submit(std::move(ra));
   a_running.get_future().wait();
-  EXPECT_EQ(scheduler.submit(wire(request({128000, 40}, 4, 0.0f, 1), b)), BatchScheduler::Admission::Queued);
+  EXPECT_EQ(scheduler.submit(wire(request({128000, 40}, 4, 0.0f, 1), b)),
+            BatchScheduler::Admission::Queued);
   Collected c;
-  EXPECT_EQ(scheduler.submit(wire(request({128000, 40}, 4, 0.0f, 1), c)), BatchScheduler::Admission::QueueFull);
+  EXPECT_EQ(scheduler.submit(wire(request({128000, 40}, 4, 0.0f, 1), c)),
+            BatchScheduler::Admission::QueueFull);
   // Shutdown with no grace: the running and the queued request both end with an error.
   release_a.set_value();
   scheduler.drain(0);
@@ -211,7 +218,8 @@ TEST(BatchScheduler, FullQueueAndShutdown) {
   EXPECT_EQ(a.outcome.reason, FinishReason::Error);
   EXPECT_EQ(b.outcome.reason, FinishReason::Error);
   EXPECT_NE(b.outcome.error.find("shutting down"), std::string::npos);
-  EXPECT_EQ(scheduler.submit(wire(request({128000, 40}, 4, 0.0f, 1), c)), BatchScheduler::Admission::Stopped);
+  EXPECT_EQ(scheduler.submit(wire(request({128000, 40}, 4, 0.0f, 1), c)),
+            BatchScheduler::Admission::Stopped);
 }
 
 }  // namespace

@@ -29,7 +29,8 @@ Streamed stream(const std::string& text, std::vector<std::string> stop) {
     out.pieces.push_back(s.push(id));
   }
   out.pieces.push_back(s.finish());
-  for (const std::string& p : out.pieces) out.text += p;
+  for (const std::string& p : out.pieces)
+    out.text += p;
   out.stopped = s.stopped();
   return out;
 }
