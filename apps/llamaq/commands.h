@@ -16,5 +16,6 @@ void register_merge(CLI::App& app);
 void register_finetune(CLI::App& app);
 void register_demo(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_serve(CLI::App& app);
 
 }  // namespace llamaq::cli
