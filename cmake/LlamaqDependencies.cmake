@@ -21,6 +21,22 @@ if(PCRE2_INCLUDE_DIR AND PCRE2_LIBRARY)
   set(LLAMAQ_HAVE_PCRE2 ON)
 endif()
 
+# cpp-httplib for llamaq serve (libcpp-httplib-dev ships a shared library and a pkg-config file).
+set(LLAMAQ_WITH_SERVE OFF)
+if(NOT LLAMAQ_SERVE STREQUAL "OFF")
+  if(PkgConfig_FOUND)
+    pkg_check_modules(CPP_HTTPLIB QUIET IMPORTED_TARGET cpp-httplib)
+  endif()
+  if(CPP_HTTPLIB_FOUND)
+    set(LLAMAQ_WITH_SERVE ON)
+  elseif(LLAMAQ_SERVE STREQUAL "ON")
+    message(FATAL_ERROR "LLAMAQ_SERVE=ON but cpp-httplib was not found (libcpp-httplib-dev)")
+  else()
+    message(WARNING "cpp-httplib not found: building without `llamaq serve` (install "
+                    "libcpp-httplib-dev, or scripts/setup does)")
+  endif()
+endif()
+
 if(LLAMAQ_BUILD_TESTS AND NOT LLAMAQ_FUZZ)
   find_package(GTest REQUIRED)
 endif()

@@ -22,7 +22,9 @@ int main(int argc, char** argv) {
   llamaq::cli::register_finetune(app);
   llamaq::cli::register_demo(app);
   llamaq::cli::register_bench(app);
+#ifdef LLAMAQ_HAVE_SERVE
   llamaq::cli::register_serve(app);
+#endif
   const auto commands = app.get_subcommands([](const CLI::App*) { return true; });
   const auto is_command = [&](const char* name) {
     return std::any_of(commands.begin(), commands.end(),
