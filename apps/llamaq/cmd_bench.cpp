@@ -120,7 +120,9 @@ BenchRow run_case(const BenchOptions& o, const BenchCase& c, const LlamaConfig& 
   BenchRow row;
   row.c = c;
   row.weight_gib = double(linear_bytes(weights)) / double(1 << 30);
-  KvCache cache(backend, config, c.prompt + o.gen + 8);
+  // Room for every sequence of the batch (each may grow to prompt + gen).
+  const int64_t per_sequence = c.prompt + o.gen + 8;
+  KvCache cache(backend, config, c.batch * per_sequence);
   {  // warm-up: module loading, handles, allocator, the decode graph of this batch size
     const int seq = cache.add_sequence();
     const std::vector<int32_t> warm = random_prompt(config, std::min<int64_t>(8, c.prompt), 1);

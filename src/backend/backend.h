@@ -18,7 +18,10 @@ namespace llamaq {
 struct KvLayerView {
   Tensor k_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32
   Tensor v_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32
-  Tensor block_table;  // [max_blocks_per_sequence] i32: block holding positions [i*bs, (i+1)*bs)
+  // [max_blocks] i32 shared by every token (one sequence), or [n, max_blocks] i32 with row t for
+  // token t (a decode step of n sequences, one token each): entry i is the block holding
+  // positions [i*bs, (i+1)*bs).
+  Tensor block_table;
   int64_t block_size = 0;
 };
 

@@ -38,12 +38,11 @@ Tensor LlamaModel::decode_with_graph(KvCache& cache, std::span<const BatchSlice>
     g->logits = backend_.alloc(DType::F32, {batch, config_.vocab_size});
     const Tensor ids = g->inputs.slice_rows(0, batch);
     const Tensor positions = g->inputs.slice_rows(batch, batch);
-    std::vector<BatchSlice> fixed(slices.begin(), slices.end());
-    for (int64_t i = 0; i < batch; ++i) {
-      fixed[size_t(i)].table = g->inputs.slice_rows(2 * batch + i * max_blocks, max_blocks);
-    }
+    // One attention call for the whole batch, each token reading its row of the staged tables.
+    const BatchSlice all{-1, 0, batch,
+                         g->inputs.slice_rows(2 * batch, batch * max_blocks).reshaped({batch, max_blocks})};
     g->graph = backend_.capture([&] {
-      run_forward(cache, ids, positions, fixed, LogitsFor::LastToken, g->logits);
+      run_forward(cache, ids, positions, slices, std::span(&all, 1), LogitsFor::LastToken, g->logits);
     });
     if (!g->graph) {
       graphs_supported_ = false;

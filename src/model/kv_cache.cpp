@@ -114,7 +114,9 @@ KvLayerView KvCache::layer_view(int layer, int seq) const {
 }
 
 KvLayerView KvCache::layer_view(int layer, const Tensor& table) const {
-  if (table.numel() != n_blocks_) fail("KV cache: a block table needs {} entries", n_blocks_);
+  if (table.rank() < 1 || table.rank() > 2 || table.dim(table.rank() - 1) != n_blocks_) {
+    fail("KV cache: a block table needs rows of {} entries", n_blocks_);
+  }
   return KvLayerView{k_blocks_.at(size_t(layer)), v_blocks_.at(size_t(layer)), table, block_size_};
 }
 

@@ -33,8 +33,8 @@ class KvCache {
   void truncate(int seq, int64_t new_length);
 
   KvLayerView layer_view(int layer, int seq) const;
-  // The same layer's blocks with another copy of a block table (a replayed decode graph keeps
-  // the tables of its batch in buffers of its own).
+  // The same layer's blocks with other block tables: [max_blocks] i32, or [n, max_blocks] i32 with
+  // one row per token (a decode step of n sequences in one attention call).
   KvLayerView layer_view(int layer, const Tensor& table) const;
   // The blocks `seq` owns, in position order, and the width of every block table.
   std::span<const int32_t> blocks(int seq) const { return sequence(seq).blocks; }

@@ -87,7 +87,7 @@ void LlamaModel::linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
 }
 
 void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions, KvCache& cache,
-                           std::span<const BatchSlice> slices) {
+                           std::span<const BatchSlice> groups) {
   const LayerWeights& w = weights_.layers[size_t(layer)];
   const int64_t n = act.x.dim(0);
   const float eps = float(config_.rms_norm_eps);
@@ -103,7 +103,7 @@ void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
   b.rope(act.q, positions, inv_freq_);
   b.rope(act.k, positions, inv_freq_);
   // Attention is the one step per sequence: each reads its own blocks of the cache.
-  for (const BatchSlice& s : slices) {
+  for (const BatchSlice& s : groups) {
     const KvLayerView kv = s.table.empty() ? cache.layer_view(layer, s.seq) : cache.layer_view(layer, s.table);
     const Tensor pos = positions.slice_rows(s.begin, s.count);
     b.kv_store(act.k.slice_rows(s.begin, s.count), act.v.slice_rows(s.begin, s.count), pos, kv);
@@ -160,19 +160,46 @@ Tensor LlamaModel::forward_batch(KvCache& cache, std::span<const SequenceInput> 
     backend_.copy_from_host(token_ids, host_ids.data());
     const int64_t rows = which == LogitsFor::LastToken ? int64_t(slices.size()) : n;
     logits = backend_.alloc(DType::F32, {rows, config_.vocab_size});
-    run_forward(cache, token_ids, positions, slices, which, logits);
+    const std::vector<BatchSlice> groups = attention_groups(cache, slices);
+    run_forward(cache, token_ids, positions, slices, groups, which, logits);
   }
   for (const SequenceInput& item : items) cache.advance(item.seq, int64_t(item.ids.size()));
   return logits;
 }
 
+std::vector<LlamaModel::BatchSlice> LlamaModel::attention_groups(
+    KvCache& cache, std::span<const BatchSlice> slices) {
+  std::vector<BatchSlice> groups;
+  const int64_t width = cache.max_blocks_per_sequence();
+  for (size_t i = 0; i < slices.size();) {
+    size_t end = i;
+    while (end < slices.size() && slices[end].count == 1) ++end;
+    if (end - i < 2) {
+      groups.push_back(slices[i++]);
+      continue;
+    }
+    const int64_t run = int64_t(end - i);
+    std::vector<int32_t> tables(size_t(run * width), 0);
+    for (int64_t r = 0; r < run; ++r) {
+      const std::span<const int32_t> blocks = cache.blocks(slices[i + size_t(r)].seq);
+      std::copy(blocks.begin(), blocks.end(), tables.begin() + r * width);
+    }
+    Tensor table = backend_.alloc(DType::I32, {run, width});
+    backend_.copy_from_host(table, tables.data());
+    groups.push_back({-1, slices[i].begin, run, table});
+    i = end;
+  }
+  return groups;
+}
+
 void LlamaModel::run_forward(KvCache& cache, const Tensor& token_ids, const Tensor& positions,
-                             std::span<const BatchSlice> slices, LogitsFor which, Tensor& logits) {
+                             std::span<const BatchSlice> slices,
+                             std::span<const BatchSlice> groups, LogitsFor which, Tensor& logits) {
   const int64_t n = token_ids.dim(0);
   Activations act(backend_, config_, n);
   backend_.embedding(weights_.embed_tokens, token_ids, act.x);
   for (int layer = 0; layer < int(config_.num_hidden_layers); ++layer) {
-    run_layer(layer, act, positions, cache, slices);
+    run_layer(layer, act, positions, cache, groups);
   }
   // LastToken: one row per sequence (its last token); AllTokens: every row.
   const float eps = float(config_.rms_norm_eps);

@@ -61,18 +61,23 @@ class LlamaModel {
     std::unique_ptr<OpGraph> graph;
   };
   struct BatchSlice {
-    int seq;
+    int seq;        // -1: several single-token sequences, with one table row each
     int64_t begin;  // first row of this sequence's tokens in the batch
     int64_t count;
-    Tensor table;   // [max blocks] i32 block table to read; empty: the sequence's own
+    Tensor table;   // [max blocks] or [count, max blocks] i32; empty: the sequence's own
   };
+  // The attention calls of a batch: each multi-token sequence alone; a run of single-token
+  // sequences together, with their block tables as rows of one tensor (one launch, not one per
+  // sequence).
+  std::vector<BatchSlice> attention_groups(KvCache& cache, std::span<const BatchSlice> slices);
   void linear(const Tensor& x, const LinearWeight& w, Tensor& out);
   void run_layer(int layer, Activations& act, const Tensor& positions, KvCache& cache,
-                 std::span<const BatchSlice> slices);
+                 std::span<const BatchSlice> groups);
   // Embedding, layers, final norm and LM head of one batch into `logits` (rows as forward_batch).
   void run_forward(KvCache& cache, const Tensor& token_ids,  // [n] i32
                    const Tensor& positions,                  // [n] i32
-                   std::span<const BatchSlice> slices, LogitsFor which,
+                   std::span<const BatchSlice> slices, std::span<const BatchSlice> groups,
+                   LogitsFor which,
                    Tensor& logits);                          // [rows, vocab] f32
   bool graph_eligible(std::span<const SequenceInput> items, LogitsFor which) const;
   // Replays (recording it first when needed) the decode graph for this batch size and cache.

@@ -19,15 +19,20 @@ const float* kv_row(const Tensor& blocks, const int32_t* table, int64_t block_si
   return blocks.data_as<const float>() + (slot * n_kv_heads + kv_head) * head_dim;
 }
 
+// Token t's block table: the shared table, or row t of a per-token [n, max_blocks] table.
+const int32_t* table_of(const KvLayerView& kv, int64_t t) {
+  const int32_t* table = kv.block_table.data_as<const int32_t>();
+  return kv.block_table.rank() == 2 ? table + t * kv.block_table.dim(1) : table;
+}
+
 }  // namespace
 
 void kv_store(const Tensor& k, const Tensor& v, const Tensor& positions, const KvLayerView& kv) {
   const int64_t n = k.dim(0);
   const int64_t row = k.dim(1) * k.dim(2);
   const int32_t* pos = positions.data_as<const int32_t>();
-  const int32_t* table = kv.block_table.data_as<const int32_t>();
   for (int64_t t = 0; t < n; ++t) {
-    const int64_t block = table[pos[t] / kv.block_size];
+    const int64_t block = table_of(kv, t)[pos[t] / kv.block_size];
     const int64_t slot = block * kv.block_size + pos[t] % kv.block_size;
     std::copy_n(k.data_as<const float>() + t * row, row, kv.k_blocks.data_as<float>() + slot * row);
     std::copy_n(v.data_as<const float>() + t * row, row, kv.v_blocks.data_as<float>() + slot * row);
@@ -42,7 +47,6 @@ void attention(ThreadPool& pool, const Tensor& q, const Tensor& positions, const
   const int64_t group = n_heads / kv.k_blocks.dim(2);  // query heads per kv head
   const float scale = float(1.0 / std::sqrt(double(head_dim)));
   const int32_t* pos = positions.data_as<const int32_t>();
-  const int32_t* table = kv.block_table.data_as<const int32_t>();
   const float* qs = q.data_as<const float>();
   float* os = out.data_as<float>();
   pool.parallel_for(n * n_heads, [&](int64_t begin, int64_t end) {
@@ -51,6 +55,7 @@ void attention(ThreadPool& pool, const Tensor& q, const Tensor& positions, const
       const int64_t t = item / n_heads;
       const int64_t h = item % n_heads;
       const int64_t kv_head = h / group;
+      const int32_t* table = table_of(kv, t);
       const int64_t visible = int64_t(pos[t]) + 1;
       const float* qv = qs + item * head_dim;
       scores.resize(size_t(visible));

@@ -45,6 +45,7 @@ AttentionParams make_params(const Tensor& q, const Tensor& positions, const KvLa
   p.v_blocks = kv.v_blocks.data();
   p.kv_element = kv.k_blocks.dtype() == DType::BF16 ? KvElement::Bf16 : KvElement::F32;
   p.block_table = kv.block_table.data_as<const int32_t>();
+  p.table_stride = kv.block_table.rank() == 2 ? kv.block_table.dim(1) : 0;
   p.out = out.data_as<float>();
   p.n_tokens = int(n);
   p.n_heads = int(n_heads);
@@ -56,6 +57,9 @@ AttentionParams make_params(const Tensor& q, const Tensor& positions, const KvLa
   return p;
 }
 
+// Entries of one sequence's block table.
+int64_t table_width(const KvLayerView& kv) { return kv.block_table.dim(kv.block_table.rank() - 1); }
+
 // Enough splits for about eight blocks per multiprocessor (each block's key loop is latency
 // bound), no more than the cache can fill.
 int choose_splits(const CudaContext& ctx, const AttentionParams& p, int64_t max_keys) {
@@ -66,7 +70,7 @@ int choose_splits(const CudaContext& ctx, const AttentionParams& p, int64_t max_
 }
 
 void run_split_kv(CudaContext& ctx, const AttentionParams& p, const KvLayerView& kv) {
-  const int64_t max_keys = kv.block_table.dim(0) * kv.block_size;
+  const int64_t max_keys = table_width(kv) * kv.block_size;
   const int n_splits = choose_splits(ctx, p, max_keys);
   const int64_t items = int64_t(p.n_tokens) * p.n_heads * n_splits;
   Tensor partial_out = ctx.empty(DType::F32, {items, p.head_dim}, "attention");
@@ -81,6 +85,21 @@ void attention(CudaContext& ctx, const Tensor& q, const Tensor& positions, const
                Tensor& out, AttentionPath path) {
   const AttentionParams p = make_params(q, positions, kv, out);
   if (p.n_tokens == 0 || p.n_heads == 0) return;
+  if (p.table_stride != 0 && path != AttentionPath::SplitKv) {
+    // Tokens of different sequences (one table row each): the split-KV kernel reads a row per
+    // query; the other paths take one sequence at a time.
+    if (path == AttentionPath::Auto) {
+      path = AttentionPath::SplitKv;
+    } else {
+      for (int64_t t = 0; t < p.n_tokens; ++t) {
+        KvLayerView one = kv;
+        one.block_table = kv.block_table.slice_rows(t, 1).reshaped({table_width(kv)});
+        Tensor out_t = out.slice_rows(t, 1);
+        attention(ctx, q.slice_rows(t, 1), positions.slice_rows(t, 1), one, out_t, path);
+      }
+      return;
+    }
+  }
   if (path == AttentionPath::Auto) {
     path = p.n_tokens <= kSplitKvMaxTokens ? AttentionPath::SplitKv : AttentionPath::Flash;
   }

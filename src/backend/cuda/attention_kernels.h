@@ -18,7 +18,8 @@ struct AttentionParams {
   const int32_t* positions;    // [n_tokens] i32
   const void* k_blocks;        // [n_blocks, block_size, n_kv_heads, head_dim] f32 or bf16
   const void* v_blocks;        // [n_blocks, block_size, n_kv_heads, head_dim] f32 or bf16
-  const int32_t* block_table;  // [max_blocks] i32
+  const int32_t* block_table;  // [max_blocks] i32, or [n_tokens, table_stride] i32
+  int64_t table_stride;        // 0: one table for every token; else row t is token t's table
   float* out;                  // [n_tokens, n_heads * head_dim] f32
   int n_tokens;
   int n_heads;

@@ -108,6 +108,7 @@ __device__ void write_block_state(const AttentionParams& p, const SplitKvWorkspa
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads)
     split_kv_attention_kernel(AttentionParams p, SplitKvWorkspace ws) {
+  p.block_table += int64_t(blockIdx.z) * p.table_stride;  // this query's sequence
   using L = SplitLayout<D>;
   __shared__ float m_s[L::kGroups];
   __shared__ float l_s[L::kGroups];

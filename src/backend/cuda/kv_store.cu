@@ -12,7 +12,8 @@ struct KvStoreParams {
   const float* k;              // [n, n_kv_heads, head_dim] f32
   const float* v;              // [n, n_kv_heads, head_dim] f32
   const int32_t* positions;    // [n] i32
-  const int32_t* block_table;  // [max_blocks] i32
+  const int32_t* block_table;  // [max_blocks] i32, or [n, table_stride] i32 (row t: token t)
+  int64_t table_stride;        // 0: one table for every token
   float* k_blocks;             // [n_blocks, block_size, n_kv_heads, head_dim] f32
   float* v_blocks;             // [n_blocks, block_size, n_kv_heads, head_dim] f32
   int64_t row;                 // n_kv_heads * head_dim
@@ -23,8 +24,8 @@ struct KvStoreParams {
 __global__ void kv_store_kernel(KvStoreParams p) {
   const int64_t t = blockIdx.x;
   const int pos = p.positions[t];
-  const int64_t slot =
-      int64_t(p.block_table[pos / p.block_size]) * p.block_size + pos % p.block_size;
+  const int32_t* table = p.block_table + t * p.table_stride;
+  const int64_t slot = int64_t(table[pos / p.block_size]) * p.block_size + pos % p.block_size;
   for (int64_t i = blockIdx.y * int64_t(kThreads) + threadIdx.x; i < p.row;
        i += int64_t(gridDim.y) * kThreads) {
     p.k_blocks[slot * p.row + i] = p.k[t * p.row + i];
@@ -54,6 +55,7 @@ void kv_store(CudaContext& ctx, const Tensor& k, const Tensor& v, const Tensor& 
                         v.data_as<const float>(),
                         positions.data_as<const int32_t>(),
                         kv.block_table.data_as<const int32_t>(),
+                        kv.block_table.rank() == 2 ? kv.block_table.dim(1) : 0,
                         kv.k_blocks.data_as<float>(),
                         kv.v_blocks.data_as<float>(),
                         k.dim(1) * k.dim(2),

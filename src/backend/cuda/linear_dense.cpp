@@ -63,7 +63,8 @@ void linear_dense(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tenso
   if (path == DensePath::Gemv) {
     require(dense_gemv_supported(x, weight), op, "the dense GEMV does not support this shape");
   }
-  if (path == DensePath::Gemv || (path == DensePath::Auto && dense_gemv_supported(x, weight))) {
+  if (path == DensePath::Gemv || (path == DensePath::Auto && n <= kDenseGemvAutoMaxTokens &&
+                                  dense_gemv_supported(x, weight))) {
     dense_gemv(ctx, x, weight, out);
     return;
   }

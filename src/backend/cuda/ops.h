@@ -33,6 +33,9 @@ void attention(CudaContext& ctx, const Tensor& q, const Tensor& positions, const
 // Dense matrix-vector kernel for 1..kDenseGemvMaxTokens tokens with bf16/f16 weights (decode);
 // f32 activations used as they are. linear_dense picks it when supported (DensePath::Auto).
 inline constexpr int64_t kDenseGemvMaxTokens = 8;
+// Auto takes it for one token only: at n = 8 it took 84 us on 14336x4096 where cuBLAS takes
+// ~36 us even at n = 32 (H200).
+inline constexpr int64_t kDenseGemvAutoMaxTokens = 1;
 bool dense_gemv_supported(const Tensor& x, const Tensor& weight);
 void dense_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tensor& out);
 enum class DensePath { Auto, Gemv, Gemm };

@@ -62,7 +62,11 @@ inline void require_positions_and_kv(const Tensor& positions, int64_t n, const K
   require_tensor(kv.k_blocks, DType::F32, 4, op, "k_blocks");
   require_tensor(kv.v_blocks, DType::F32, 4, op, "v_blocks");
   require_shape(kv.v_blocks, kv.k_blocks.shape(), op, "v_blocks");
-  require_tensor(kv.block_table, DType::I32, 1, op, "block_table");
+  require(kv.block_table.dtype() == DType::I32 &&
+              (kv.block_table.rank() == 1 ||
+               (kv.block_table.rank() == 2 && kv.block_table.dim(0) == n)),
+          op, "block_table must be i32 [max_blocks] or [n, max_blocks] (one row per token)");
+  require_on_device(kv.block_table, op, "block_table");
 }
 
 }  // namespace llamaq::cuda
