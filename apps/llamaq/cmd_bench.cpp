@@ -11,8 +11,10 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/resources.h"
+#include "core/thread_pool.h"
 #include "io/atomic_file.h"
 #include "model/random_checkpoint.h"
+#include "quant/nf4_codec.h"
 #include "model/weights.h"
 #include "runtime/sampler.h"
 
@@ -27,6 +29,7 @@ struct BenchOptions {
   int64_t prompt = 512;
   int64_t gen = 64;
   int threads = 0;
+  bool quant_lm_head = false;
   std::string json_file;
 };
 
@@ -65,14 +68,23 @@ BenchRow run_one(const BenchOptions& o, const LlamaConfig& config, LlamaWeights 
   if (format == "nf4") {
     LoadOptions quant;
     quant.quantize_nf4 = true;
+    quant.quantize_lm_head = o.quant_lm_head;
     quant.threads = o.threads;
     quant.progress = true;
     quantize_weights(weights, quant);
+    if (o.quant_lm_head && !weights.lm_head.quantized()) {
+      // A tied head is the embedding table, which the loader keeps dense; the bench quantizes a
+      // head of its own (the table stays bf16 for the embedding lookup), as llama.cpp keeps a
+      // separately quantized output matrix.
+      ThreadPool pool(o.threads);
+      weights.lm_head = LinearWeight::quantized(std::make_shared<nf4::Nf4Weight>(
+          nf4::quantize(weights.lm_head.weight, quant.double_quant, pool)));
+    }
   } else if (format != "bf16") {
     fail("--weights: unknown format \"{}\" (bf16 or nf4)", format);
   }
   BenchRow row;
-  row.weights = format;
+  row.weights = format == "nf4" && o.quant_lm_head ? "nf4 (+lm_head)" : format;
   row.weight_gib = double(linear_bytes(weights)) / double(1 << 30);
   LlamaModel model(config, weights, backend);
   KvCache cache(backend, config, o.prompt + o.gen + 8);
@@ -100,6 +112,25 @@ BenchRow run_one(const BenchOptions& o, const LlamaConfig& config, LlamaWeights 
   row.decode_gb_per_s = double(linear_bytes(weights)) * row.decode_tokens_per_s / 1e9;
   row.prefill_tflop_per_s = 2.0 * double(linear_params(weights)) * row.prefill_tokens_per_s / 1e12;
   return row;
+}
+
+// The host's memory bandwidth as STREAM's triad measures it (a = b + s * c over arrays far
+// larger than the caches, counted as 3 x 4 bytes per element), best of five passes on the
+// bench's threads: the roofline a CPU decode is held against.
+double host_triad_gb_per_s(int threads) {
+  constexpr int64_t kElements = int64_t(1) << 25;  // 128 MiB per array
+  std::vector<float> a(kElements), b(kElements, 1.0f), c(kElements, 2.0f);
+  ThreadPool pool(threads);
+  double best = 0;
+  for (int pass = 0; pass < 5; ++pass) {
+    const Stopwatch clock;
+    pool.parallel_for(kElements, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) a[size_t(i)] = b[size_t(i)] + 3.0f * c[size_t(i)];
+    });
+    best = std::max(best, 3.0 * 4.0 * double(kElements) / clock.seconds() / 1e9);
+  }
+  if (a[size_t(kElements / 2)] != 7.0f) fail("bench: the bandwidth probe computed a wrong sum");
+  return best;
 }
 
 void run(const BenchOptions& o) {
@@ -140,6 +171,16 @@ void run(const BenchOptions& o) {
                     {"decode_tokens_per_s", r.decode_tokens_per_s}, {"weight_gib", r.weight_gib},
                     {"decode_gb_per_s", r.decode_gb_per_s}});
   }
+  if (o.device == "cpu") {
+    const double triad = host_triad_gb_per_s(o.threads);
+    std::cout << fmt::format("host memory bandwidth (STREAM triad, same threads) {:.1f} GB/s\n", triad);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      std::cout << fmt::format("{} decode reaches {:.0f}% of it\n", rows[i].weights,
+                               100.0 * rows[i].decode_gb_per_s / triad);
+      json[i]["host_triad_gb_per_s"] = triad;
+      json[i]["decode_bandwidth_fraction"] = rows[i].decode_gb_per_s / triad;
+    }
+  }
   std::cout << fmt::format("peak host memory {:.1f} MiB", double(peak_resident_bytes()) / (1 << 20)) << std::endl;
   if (!o.json_file.empty()) write_file_atomic(o.json_file, json.dump(2) + "\n");
 }
@@ -156,6 +197,8 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--prompt", o->prompt, "Prompt tokens")->check(CLI::PositiveNumber);
   cmd->add_option("--gen", o->gen, "Decoded tokens")->check(CLI::PositiveNumber);
   cmd->add_option("-t,--threads", o->threads, "CPU threads (0 = all)");
+  cmd->add_flag("--quant-lm-head", o->quant_lm_head,
+                "With nf4, quantize the LM head too (its bf16 copy is the largest read of a small model)");
   cmd->add_option("--json", o->json_file, "Also write the results as JSON");
   cmd->callback([o] { run(*o); });
 }

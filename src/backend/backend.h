@@ -14,8 +14,8 @@ namespace llamaq {
 
 // One layer's slice of the paged KV cache, as the attention ops see it.
 struct KvLayerView {
-  Tensor k_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32
-  Tensor v_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32
+  Tensor k_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32 or bf16
+  Tensor v_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32 or bf16 (as k_blocks)
   Tensor block_table;  // [max_blocks_per_sequence] i32: block holding positions [i*bs, (i+1)*bs)
   int64_t block_size = 0;
 };
@@ -26,6 +26,8 @@ class Backend {
 
   virtual std::string_view name() const = 0;
   virtual Device device() const = 0;
+  // The KV cache dtype this backend runs fastest with (F32 or BF16); KvCache's default.
+  virtual DType preferred_kv_dtype() const = 0;
 
   // Memory.
   virtual Tensor alloc(DType dtype, Shape shape) = 0;  // zero-filled
@@ -76,7 +78,8 @@ class Backend {
                            const Tensor& y) = 0;  // [n, d] f32: x += y
 };
 
-// The CPU reference backend with n_threads threads (<= 0: all hardware threads).
+// The CPU backend with n_threads threads (<= 0: all hardware threads), at the fastest instruction
+// set this CPU supports (backend/cpu/cpu_backend.h picks another, the fp32 reference included).
 std::unique_ptr<Backend> make_cpu_backend(int n_threads);
 
 }  // namespace llamaq
