@@ -11,41 +11,58 @@ namespace {
 // Rows handed to one kernel call: their chunk scales (rows x in/64 floats) stay in L1.
 constexpr int64_t kRowBlock = 16;
 
-// The float32 scale of an NF4 block, as nf4::dequantize_rows decodes it.
-float block_scale(const nf4::Nf4Weight& w, int64_t block) {
-  if (!w.double_quant) return w.absmax.data_as<const float>()[block];
-  const uint8_t code = w.absmax.data_as<const uint8_t>()[block];
-  const float product = w.nested_map.data_as<const float>()[code] *
-                        w.nested_absmax.data_as<const float>()[block / w.nested_block_size];
-  return product + w.nested_offset;
-}
-
-// dw [n_rows, cols / 64]: the scale / 127 of every 64-chunk of rows [row_begin, +n_rows).
+// dw [n_rows, cols / 64]: the scale of every 64-chunk of rows [row_begin, +n_rows), decoded as
+// nf4::dequantize_rows does. Runs once per 64 weights of every decode step, so: no division per
+// chunk, and for the usual 64-weight blocks a branch-free loop per nested block.
 void chunk_scales(const nf4::Nf4Weight& w, int64_t row_begin, int64_t n_rows, float* dw) {
-  const int64_t chunks = w.cols / kChunk;
-  for (int64_t r = 0; r < n_rows; ++r) {
-    const int64_t first = (row_begin + r) * w.cols;
-    int64_t cached_block = -1;
-    float cached = 0;
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t block = (first + c * kChunk) / w.block_size;
-      if (block != cached_block) {
-        cached_block = block;
-        cached = block_scale(w, block) / 127.0f;
-      }
-      dw[r * chunks + c] = cached;
+  const int64_t total = n_rows * (w.cols / kChunk);
+  const int64_t first_block = row_begin * w.cols / w.block_size;
+  const float* plain = w.double_quant ? nullptr : w.absmax.data_as<const float>();
+  if (w.block_size == kChunk && plain) {
+    std::copy_n(plain + first_block, total, dw);
+    return;
+  }
+  const uint8_t* codes = w.double_quant ? w.absmax.data_as<const uint8_t>() : nullptr;
+  const float* nested_absmax = w.double_quant ? w.nested_absmax.data_as<const float>() : nullptr;
+  const float* nested_map = w.double_quant ? w.nested_map.data_as<const float>() : nullptr;
+  const auto scale_of = [&](int64_t block) {
+    if (plain) return plain[block];
+    const float product = nested_map[codes[block]] * nested_absmax[block / w.nested_block_size];
+    return product + w.nested_offset;
+  };
+  if (w.block_size == kChunk) {
+    for (int64_t i = 0; i < total;) {
+      const int64_t block = first_block + i;
+      const int64_t run = std::min(total - i, w.nested_block_size - block % w.nested_block_size);
+      const float nested = nested_absmax[block / w.nested_block_size];
+      for (int64_t j = 0; j < run; ++j) dw[i + j] = nested_map[codes[block + j]] * nested + w.nested_offset;
+      i += run;
+    }
+    return;
+  }
+  const int64_t chunks_per_block = w.block_size / kChunk;
+  int64_t block = first_block;
+  int64_t chunk_in_block = (row_begin * w.cols % w.block_size) / kChunk;
+  float scale = scale_of(block);
+  for (int64_t i = 0; i < total; ++i) {
+    dw[i] = scale;
+    if (++chunk_in_block == chunks_per_block && i + 1 < total) {
+      chunk_in_block = 0;
+      scale = scale_of(++block);
     }
   }
 }
 
-// One token's row: per 64-chunk, da = max|x| / 127 and q = round(x / da), even elements first.
+// One token's row: per 64-chunk q = round(127 x / max|x|), even elements first, and the scale
+// max|x| / 127 times the weights' 1 / 127 (so the kernels multiply by the raw block scale).
+constexpr float kScaleOfBoth = 1.0f / (127.0f * 127.0f);
+
 void quantize_row(const float* x, int64_t cols, int8_t* q, float* scale, int32_t* bias) {
   for (int64_t c = 0; c < cols / kChunk; ++c) {
     const float* xc = x + c * kChunk;
     float amax = 0;
     for (int64_t i = 0; i < kChunk; ++i) amax = std::max(amax, std::fabs(xc[i]));
-    const float da = amax / 127.0f;
-    const float inv = da > 0 ? 1.0f / da : 0.0f;
+    const float inv = amax > 0 ? 127.0f / amax : 0.0f;
     int8_t* qc = q + c * kChunk;
     int32_t sum = 0;
     for (int64_t j = 0; j < kChunk / 2; ++j) {
@@ -53,7 +70,7 @@ void quantize_row(const float* x, int64_t cols, int8_t* q, float* scale, int32_t
       qc[j + kChunk / 2] = int8_t(std::nearbyint(xc[2 * j + 1] * inv));
       sum += qc[j] + qc[j + kChunk / 2];
     }
-    scale[c] = da;
+    scale[c] = amax * kScaleOfBoth;
     bias[c] = -128 * sum;
   }
 }

@@ -4,11 +4,12 @@
 // AVX code can leak into the portable build through the linker.
 //
 // NF4 x int8 (the approximation, bounded against the fp32 reference in tests/unit):
-//   weights: each 4-bit code maps to int8 round(127 * code_table[code]); a weight block's scale
-//            becomes dw = scale / 127 (llama.cpp's IQ4_NL does the same with its own table);
+//   weights: each 4-bit code maps to int8 round(127 * code_table[code]), so a weight is
+//            ~ wq * scale / 127 (llama.cpp's IQ4_NL does the same with its own table);
 //   activations: every chunk of 64 values along `in` is quantized to int8 with its own scale
-//            da = max|x| / 127, q = round(x / da);
-//   out[t, j] = sum over chunks c of dw[j, c] * da[t, c] * sum_i wq[j, i] * q[t, i] (exact int32).
+//            max|x| / 127, q = round(127 x / max|x|);
+//   out[t, j] = sum over chunks c of dw[j, c] * da[t, c] * sum_i wq[j, i] * q[t, i] (exact int32)
+//   with dw the weight block's scale and da = max|x| / 127 / 127 (both 1/127 factors folded in).
 #pragma once
 
 #include <cstdint>
@@ -25,7 +26,7 @@ struct Q8Activations {
   int64_t n_tokens = 0;
   int64_t cols = 0;               // a multiple of kChunk
   const int8_t* q = nullptr;      // [n_tokens, cols] int8, chunk-permuted as above
-  const float* scale = nullptr;   // [n_tokens, cols / kChunk] f32: da
+  const float* scale = nullptr;   // [n_tokens, cols / kChunk] f32: da = max|x| / 127^2
   const int32_t* bias = nullptr;  // [n_tokens, cols / kChunk] i32: -128 * sum of the chunk's q
 };
 
@@ -35,7 +36,7 @@ struct Nf4Rows {
   int64_t cols = 0;                 // a multiple of kChunk
   int64_t row_begin = 0;
   int64_t n_rows = 0;
-  const float* dw = nullptr;        // [n_rows, cols / kChunk] f32: block scale / 127 per chunk
+  const float* dw = nullptr;        // [n_rows, cols / kChunk] f32: the block scale of each chunk
   const int8_t* codes = nullptr;    // [16] int8: round(127 * code_table)
 };
 

@@ -51,7 +51,11 @@ void nf4_tile(const Nf4Rows& w, const Q8Activations& x, int64_t r0, int64_t t0, 
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
   }
+  // The R rows are one contiguous span; prefetch the next one while reading it (the hardware
+  // prefetchers stop at 4 KiB pages).
+  const uint8_t* next_span = w.packed + (w.row_begin + r0 + R) * (w.cols / 2);
   for (int64_t c = 0; c < chunks; ++c) {
+    _mm_prefetch(reinterpret_cast<const char*>(next_span + c * R * (kChunk / 2)), _MM_HINT_T0);
     ChunkWeights weights[R];
     for (int r = 0; r < R; ++r) {
       weights[r] = decode_chunk(w.packed + (w.row_begin + r0 + r) * (w.cols / 2) + c * (kChunk / 2), table);

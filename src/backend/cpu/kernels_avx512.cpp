@@ -49,7 +49,15 @@ void nf4_tile(const Nf4Rows& w, const Q8Activations& x, int64_t r0, int64_t t0, 
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
   }
+  // The R rows are one contiguous span; while reading it, prefetch the span after the next (the
+  // hardware prefetchers stop at 4 KiB pages, one span of four 2048-wide rows; two spans ahead
+  // measured faster than one).
+  const uint8_t* next_span = rows[0] + 2 * R * (w.cols / 2);
   for (int64_t c = 0; c < chunks; ++c) {
+    _mm_prefetch(reinterpret_cast<const char*>(next_span + c * R * (kChunk / 2)), _MM_HINT_T0);
+    if constexpr (R > 1) {
+      _mm_prefetch(reinterpret_cast<const char*>(next_span + c * R * (kChunk / 2) + 64), _MM_HINT_T0);
+    }
     __m512i weights[R];
     for (int r = 0; r < R; ++r) weights[r] = decode_chunk(rows[r] + c * (kChunk / 2), table);
     for (int t = 0; t < T; ++t) {
