@@ -162,18 +162,15 @@ void fast_linear(ThreadPool& pool, const KernelTable& kernels, const Tensor& x, 
     int8_t codes[nf4::kCodes];
     nf4_int8_codes(*w.nf4, codes);
     const Nf4Job job{kernels, *w.nf4, q, codes, ys};
-    pool.parallel_for(
-        out_features, [&job](int64_t begin, int64_t end) { nf4_band(job, begin, end); }, kRowBlock);
+    pool.parallel_for_chunks(out_features, kRowBlock,
+                             [&job](int64_t begin, int64_t end) { nf4_band(job, begin, end); });
     return;
   }
   const Bf16Job job{kernels, w.weight, x.data_as<const float>(), n, ys};
-  pool.parallel_for(
-      out_features,
-      [&job](int64_t begin, int64_t end) {
-        job.kernels.bf16(job.w.data_as<const uint16_t>(), job.w.dim(1), begin, end - begin, job.x,
-                         job.n_tokens, job.out, job.w.dim(0));
-      },
-      kRowBlock);
+  pool.parallel_for_chunks(out_features, kRowBlock, [&job](int64_t begin, int64_t end) {
+    job.kernels.bf16(job.w.data_as<const uint16_t>(), job.w.dim(1), begin, end - begin, job.x,
+                     job.n_tokens, job.out, job.w.dim(0));
+  });
 }
 
 KernelTable kernels_for(Isa isa) {
