@@ -33,7 +33,8 @@ bool spin_until(const Done& done) {
 
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = int(std::max(1u, std::thread::hardware_concurrency()));
-  for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  for (int i = 1; i < n_threads; ++i)
+    workers_.emplace_back([this] { worker_loop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -42,7 +43,8 @@ ThreadPool::~ThreadPool() {
     stopping_ = true;
   }
   work_ready_.notify_all();
-  for (auto& worker : workers_) worker.join();
+  for (auto& worker : workers_)
+    worker.join();
 }
 
 // Claims and runs chunks until none is left.
@@ -66,9 +68,7 @@ void ThreadPool::run_chunks() {
 void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
-    const auto ready = [&] {
-      return stopping_.load() || generation_.load() != seen;
-    };
+    const auto ready = [&] { return stopping_.load() || generation_.load() != seen; };
     if (!spin_until(ready)) {
       std::unique_lock lock(mutex_);
       work_ready_.wait(lock, ready);
@@ -102,7 +102,8 @@ void ThreadPool::run(int64_t n, int64_t chunks, int64_t chunk_size,
   open_.store(false);
   const auto workers_done = [&] { return joined_.load() == 0; };
   if (!spin_until(workers_done)) {
-    while (!workers_done()) std::this_thread::yield();  // a joined worker was descheduled
+    while (!workers_done())
+      std::this_thread::yield();  // a joined worker was descheduled
   }
   job_ = nullptr;
   std::exception_ptr error;

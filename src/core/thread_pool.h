@@ -35,7 +35,8 @@ class ThreadPool {
 
   // Calls fn(begin, end) on the chunks [i * chunk, (i + 1) * chunk) of [0, n), claimed one at a
   // time by free threads (for loops whose threads may be slowed by other processes).
-  void parallel_for_chunks(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn);
+  void parallel_for_chunks(int64_t n, int64_t chunk,
+                           const std::function<void(int64_t, int64_t)>& fn);
 
  private:
   void run(int64_t n, int64_t chunks, int64_t chunk_size,
@@ -52,8 +53,8 @@ class ThreadPool {
   int64_t job_chunk_size_ = 0;  // 0: chunk i is [n * i / chunks, n * (i + 1) / chunks)
   std::atomic<int64_t> next_chunk_ = 0;
   std::atomic<uint64_t> generation_ = 0;
-  std::atomic<bool> open_ = false;   // a loop is running and threads may join it
-  std::atomic<int> joined_ = 0;      // workers inside the current loop
+  std::atomic<bool> open_ = false;  // a loop is running and threads may join it
+  std::atomic<int> joined_ = 0;     // workers inside the current loop
   std::atomic<bool> stopping_ = false;
   std::exception_ptr error_;
 };

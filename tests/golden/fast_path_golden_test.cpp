@@ -13,10 +13,13 @@ namespace {
 
 using cpu::Isa;
 
-const std::vector<std::string> kFixtures = {"tiny-llama31", "tiny-hd128-sharded", "tiny-llama3-vocab",
-                                 "tiny-hd128-sharded-bnb-nf4", "tiny-llama31-bnb-nf4-nodq"};
+const std::vector<std::string> kFixtures = {"tiny-llama31", "tiny-hd128-sharded",
+                                            "tiny-llama3-vocab", "tiny-hd128-sharded-bnb-nf4",
+                                            "tiny-llama31-bnb-nf4-nodq"};
 
-bool is_nf4(const std::string& fixture) { return fixture.find("nf4") != std::string::npos; }
+bool is_nf4(const std::string& fixture) {
+  return fixture.find("nf4") != std::string::npos;
+}
 
 std::vector<Isa> fast_isas() {
   std::vector<Isa> out;
@@ -40,9 +43,11 @@ std::vector<double> last_reference_logits(const SafetensorsFile& ref, int64_t vo
   return test::to_doubles(ref.tensor("logits_last_64"));
 }
 
-std::vector<double> last_logits(LoadedModel& loaded, Backend& backend, const std::vector<int32_t>& ids) {
+std::vector<double> last_logits(LoadedModel& loaded, Backend& backend,
+                                const std::vector<int32_t>& ids) {
   KvCache cache(backend, loaded.config, int64_t(ids.size()));
-  const auto l = loaded.model->forward_to_host(cache, cache.add_sequence(), ids, LogitsFor::LastToken);
+  const auto l =
+      loaded.model->forward_to_host(cache, cache.add_sequence(), ids, LogitsFor::LastToken);
   return {l.begin(), l.end()};
 }
 
@@ -56,8 +61,10 @@ TEST_P(FastPathGolden, LogitsStayWithinTheBoundOfTheApproximations) {
     auto backend = make_cpu_backend(2, isa);
     LoadedModel loaded = load_model(dir, *backend);
     const auto got = last_logits(loaded, *backend, input_ids(ref, 64));
-    const double error = test::relative_error(got, last_reference_logits(ref, loaded.config.vocab_size));
-    RecordProperty(std::string("relative_error_") + std::string(cpu::isa_name(isa)), std::to_string(error));
+    const double error =
+        test::relative_error(got, last_reference_logits(ref, loaded.config.vocab_size));
+    RecordProperty(std::string("relative_error_") + std::string(cpu::isa_name(isa)),
+                   std::to_string(error));
     // bf16 fixtures: only the bf16 KV cache rounds (2^-9 relative per stored value), measured
     // ~1e-3 of the logits; NF4 fixtures add int8 activations per 64 values in every projection,
     // measured ~1e-2 through the random-weight layers. The bounds are ~3x the measurements; a
@@ -77,7 +84,8 @@ std::pair<int32_t, double> top_and_margin(const std::vector<float>& logits) {
     if (int32_t(i) != best) second = std::max(second, double(logits[i]));
   }
   double squares = 0;
-  for (float v : logits) squares += double(v) * v;
+  for (float v : logits)
+    squares += double(v) * v;
   const double rms = std::sqrt(squares / double(logits.size()));
   return {best, (double(logits[size_t(best)]) - second) / rms};
 }
@@ -99,7 +107,8 @@ TEST_P(FastPathGolden, GreedyGenerationEqualsTheReferencePath) {
     const auto [token, margin] = top_and_margin(logits);
     want.push_back(token);
     margins.push_back(margin);
-    logits = reference.model->forward_to_host(ref_cache, ref_seq, std::span(&want.back(), 1), LogitsFor::LastToken);
+    logits = reference.model->forward_to_host(ref_cache, ref_seq, std::span(&want.back(), 1),
+                                              LogitsFor::LastToken);
   }
   // The fast path decodes the same tokens (the reference's choices, so both see the same
   // context at every step) and must choose the reference's token wherever the reference's top-2
@@ -123,7 +132,8 @@ TEST_P(FastPathGolden, GreedyGenerationEqualsTheReferencePath) {
       fast_logits = loaded.model->forward_to_host(cache, seq, std::span(&want[size_t(step)], 1),
                                                   LogitsFor::LastToken);
     }
-    RecordProperty(std::string("greedy_steps_compared_") + std::string(cpu::isa_name(isa)), compared);
+    RecordProperty(std::string("greedy_steps_compared_") + std::string(cpu::isa_name(isa)),
+                   compared);
     EXPECT_GE(compared, kSteps / 2) << "the reference's margins left too few steps to compare";
   }
 }

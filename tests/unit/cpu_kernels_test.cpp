@@ -32,7 +32,8 @@ Tensor random_matrix(int64_t rows, int64_t cols, uint32_t seed, float stddev = 1
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, stddev);
   float* p = t.data_as<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = normal(rng);
+  for (int64_t i = 0; i < t.numel(); ++i)
+    p[i] = normal(rng);
   return t;
 }
 
@@ -44,7 +45,9 @@ Tensor to_bf16(const Tensor& f32) {
   return t;
 }
 
-std::vector<double> values(const Tensor& t) { return test::to_doubles(t); }
+std::vector<double> values(const Tensor& t) {
+  return test::to_doubles(t);
+}
 
 Tensor run_linear(ThreadPool& pool, const Tensor& x, const LinearWeight& w, Isa isa) {
   Tensor out = Tensor::zeros(DType::F32, {x.dim(0), w.out_features()});
@@ -115,9 +118,10 @@ TEST(CpuKernels, Nf4Int8PathStaysWithinItsBoundOfTheFp32Reference) {
 
 TEST(CpuKernels, Bf16KernelsMatchTheReference) {
   ThreadPool pool(2);
-  for (const auto& [rows, cols, tokens] : {std::tuple{37, 13, 1}, {37, 200, 97}, {5, 64, 5},
-                                           {130, 2048, 3}, {1, 1, 1}}) {
-    SCOPED_TRACE(std::to_string(rows) + "x" + std::to_string(cols) + " tokens " + std::to_string(tokens));
+  for (const auto& [rows, cols, tokens] :
+       {std::tuple{37, 13, 1}, {37, 200, 97}, {5, 64, 5}, {130, 2048, 3}, {1, 1, 1}}) {
+    SCOPED_TRACE(std::to_string(rows) + "x" + std::to_string(cols) + " tokens " +
+                 std::to_string(tokens));
     const auto w = LinearWeight::dense(to_bf16(random_matrix(rows, cols, 5)));
     ASSERT_TRUE(cpu::fast_linear_applies(w));
     const Tensor x = random_matrix(tokens, cols, 6);
@@ -158,14 +162,16 @@ struct PagedCache {
     view.k_blocks = Tensor::zeros(dtype, {n_blocks, bs, n_kv_heads, head_dim});
     view.v_blocks = Tensor::zeros(dtype, {n_blocks, bs, n_kv_heads, head_dim});
     view.block_table = Tensor::zeros(DType::I32, {n_blocks});
-    for (int64_t b = 0; b < n_blocks; ++b) view.block_table.data_as<int32_t>()[b] = int32_t(n_blocks - 1 - b);
+    for (int64_t b = 0; b < n_blocks; ++b)
+      view.block_table.data_as<int32_t>()[b] = int32_t(n_blocks - 1 - b);
     view.block_size = bs;
   }
 };
 
 Tensor positions_from(int64_t first, int64_t n) {
   Tensor p = Tensor::zeros(DType::I32, {n});
-  for (int64_t i = 0; i < n; ++i) p.data_as<int32_t>()[i] = int32_t(first + i);
+  for (int64_t i = 0; i < n; ++i)
+    p.data_as<int32_t>()[i] = int32_t(first + i);
   return p;
 }
 
@@ -178,10 +184,13 @@ TEST(CpuKernels, TiledAttentionMatchesTheReferenceOnF32AndBf16Caches) {
                    " block " + std::to_string(block_size));
       PagedCache cache(dtype, tokens + 3, n_kv_heads, head_dim, block_size);
       // Three earlier positions already in the cache, then `tokens` new ones attending to them.
-      const Tensor k = random_matrix(tokens + 3, n_kv_heads * head_dim, 10).reshaped({tokens + 3, n_kv_heads, head_dim});
-      const Tensor v = random_matrix(tokens + 3, n_kv_heads * head_dim, 11).reshaped({tokens + 3, n_kv_heads, head_dim});
+      const Tensor k = random_matrix(tokens + 3, n_kv_heads * head_dim, 10)
+                           .reshaped({tokens + 3, n_kv_heads, head_dim});
+      const Tensor v = random_matrix(tokens + 3, n_kv_heads * head_dim, 11)
+                           .reshaped({tokens + 3, n_kv_heads, head_dim});
       cpu::kv_store(k, v, positions_from(0, tokens + 3), cache.view);
-      const Tensor q = random_matrix(tokens, n_heads * head_dim, 12, 0.5f).reshaped({tokens, n_heads, head_dim});
+      const Tensor q =
+          random_matrix(tokens, n_heads * head_dim, 12, 0.5f).reshaped({tokens, n_heads, head_dim});
       const Tensor positions = positions_from(3, tokens);
       Tensor expected = Tensor::zeros(DType::F32, {tokens, n_heads * head_dim});
       Tensor got = Tensor::zeros(DType::F32, {tokens, n_heads * head_dim});

@@ -20,7 +20,8 @@ void load_kv_row(const Tensor& blocks, const int32_t* table, int64_t block_size,
   const int64_t offset = (slot * n_kv_heads + kv_head) * head_dim;
   if (blocks.dtype() == DType::BF16) {
     const uint16_t* src = blocks.data_as<const uint16_t>() + offset;
-    for (int64_t i = 0; i < head_dim; ++i) out[i] = bf16_to_float(src[i]);
+    for (int64_t i = 0; i < head_dim; ++i)
+      out[i] = bf16_to_float(src[i]);
   } else {
     std::copy_n(blocks.data_as<const float>() + offset, head_dim, out);
   }
@@ -37,7 +38,8 @@ void check_kv_dtype(const KvLayerView& kv) {
 void store_kv(const float* src, int64_t count, const Tensor& blocks, int64_t offset) {
   if (blocks.dtype() == DType::BF16) {
     uint16_t* dst = blocks.data_as<uint16_t>() + offset;
-    for (int64_t i = 0; i < count; ++i) dst[i] = float_to_bf16(src[i]);
+    for (int64_t i = 0; i < count; ++i)
+      dst[i] = float_to_bf16(src[i]);
   } else {
     std::copy_n(src, count, blocks.data_as<float>() + offset);
   }
@@ -97,7 +99,8 @@ void attention(ThreadPool& pool, const Tensor& q, const Tensor& positions, const
       for (int64_t p = 0; p < visible; ++p) {
         const float weight = float(scores[size_t(p)] / sum);
         load_kv_row(kv.v_blocks, table, kv.block_size, p, kv_head, kv_vec.data());
-        for (int64_t i = 0; i < head_dim; ++i) o[i] += weight * kv_vec[size_t(i)];
+        for (int64_t i = 0; i < head_dim; ++i)
+          o[i] += weight * kv_vec[size_t(i)];
       }
     }
   });

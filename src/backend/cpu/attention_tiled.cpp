@@ -12,14 +12,18 @@ namespace {
 constexpr int64_t kMaxGroup = 64;  // query heads per KV head handled by one item
 
 // rows x head_dim values of a block (f32 or bf16) widened to f32.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void widen_tile(
-    const void* src, bool bf16, int64_t count, float* dst) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) void widen_tile(const void* src,
+                                                                             bool bf16,
+                                                                             int64_t count,
+                                                                             float* dst) {
   if (bf16) {
     const uint16_t* s = static_cast<const uint16_t*>(src);
-    for (int64_t i = 0; i < count; ++i) dst[i] = std::bit_cast<float>(uint32_t(s[i]) << 16);
+    for (int64_t i = 0; i < count; ++i)
+      dst[i] = std::bit_cast<float>(uint32_t(s[i]) << 16);
   } else {
     const float* s = static_cast<const float*>(src);
-    for (int64_t i = 0; i < count; ++i) dst[i] = s[i];
+    for (int64_t i = 0; i < count; ++i)
+      dst[i] = s[i];
   }
 }
 
@@ -37,7 +41,8 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void attend_tile(
       }
     }
     float s = 0;
-    for (float a : acc) s += a;
+    for (float a : acc)
+      s += a;
     scores[p] = s * scale;
     tile_max = std::max(tile_max, scores[p]);
   }
@@ -48,10 +53,12 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void attend_tile(
     scores[p] = std::exp(scores[p] - new_max);
     tile_sum += scores[p];
   }
-  for (int64_t i = 0; i < head_dim; ++i) o[i] *= correction;
+  for (int64_t i = 0; i < head_dim; ++i)
+    o[i] *= correction;
   for (int64_t p = 0; p < rows; ++p) {
     const float w = scores[p];
-    for (int64_t i = 0; i < head_dim; ++i) o[i] += w * values[p * head_dim + i];
+    for (int64_t i = 0; i < head_dim; ++i)
+      o[i] += w * values[p * head_dim + i];
   }
   l = l * correction + tile_sum;
   m = new_max;
@@ -104,7 +111,8 @@ void attend_item(const Job& job, int64_t t, int64_t kv_head, std::vector<float>&
   }
   for (int64_t h = 0; h < g; ++h) {
     const float inv = 1.0f / l[h];
-    for (int64_t i = 0; i < d; ++i) o[h * d + i] *= inv;
+    for (int64_t i = 0; i < d; ++i)
+      o[h * d + i] *= inv;
   }
 }
 

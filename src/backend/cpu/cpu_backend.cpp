@@ -13,7 +13,8 @@ namespace {
 class CpuBackend final : public Backend {
  public:
   CpuBackend(int n_threads, cpu::Isa isa) : pool_(n_threads), isa_(isa) {
-    if (!cpu::isa_supported(isa)) fail("cpu backend: this CPU does not support {}", cpu::isa_name(isa));
+    if (!cpu::isa_supported(isa))
+      fail("cpu backend: this CPU does not support {}", cpu::isa_name(isa));
     if (isa != cpu::Isa::Reference) kernels_ = cpu::kernels_for(isa);
   }
 

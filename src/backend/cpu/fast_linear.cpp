@@ -35,7 +35,8 @@ void chunk_scales(const nf4::Nf4Weight& w, int64_t row_begin, int64_t n_rows, fl
       const int64_t block = first_block + i;
       const int64_t run = std::min(total - i, w.nested_block_size - block % w.nested_block_size);
       const float nested = nested_absmax[block / w.nested_block_size];
-      for (int64_t j = 0; j < run; ++j) dw[i + j] = nested_map[codes[block + j]] * nested + w.nested_offset;
+      for (int64_t j = 0; j < run; ++j)
+        dw[i + j] = nested_map[codes[block + j]] * nested + w.nested_offset;
       i += run;
     }
     return;
@@ -61,7 +62,8 @@ void quantize_row(const float* x, int64_t cols, int8_t* q, float* scale, int32_t
   for (int64_t c = 0; c < cols / kChunk; ++c) {
     const float* xc = x + c * kChunk;
     float amax = 0;
-    for (int64_t i = 0; i < kChunk; ++i) amax = std::max(amax, std::fabs(xc[i]));
+    for (int64_t i = 0; i < kChunk; ++i)
+      amax = std::max(amax, std::fabs(xc[i]));
     const float inv = amax > 0 ? 127.0f / amax : 0.0f;
     int8_t* qc = q + c * kChunk;
     int32_t sum = 0;
@@ -115,15 +117,18 @@ bool fast_linear_applies(const LinearWeight& w) {
   if (w.nf4) {
     const nf4::Nf4Weight& q = *w.nf4;
     bool codes_in_range = true;
-    for (float code : q.code_table) codes_in_range = codes_in_range && std::fabs(code) <= 1.0f;
+    for (float code : q.code_table)
+      codes_in_range = codes_in_range && std::fabs(code) <= 1.0f;
     return codes_in_range && q.cols % kChunk == 0 && q.block_size % kChunk == 0 &&
            q.packed.device() == Device::Cpu;
   }
-  return w.weight.dtype() == DType::BF16 && w.weight.device() == Device::Cpu && w.weight.rank() == 2;
+  return w.weight.dtype() == DType::BF16 && w.weight.device() == Device::Cpu &&
+         w.weight.rank() == 2;
 }
 
 void nf4_int8_codes(const nf4::Nf4Weight& w, int8_t* codes) {
-  for (int i = 0; i < nf4::kCodes; ++i) codes[i] = int8_t(std::nearbyint(127.0f * w.code_table[size_t(i)]));
+  for (int i = 0; i < nf4::kCodes; ++i)
+    codes[i] = int8_t(std::nearbyint(127.0f * w.code_table[size_t(i)]));
 }
 
 Q8Activations quantize_activations(ThreadPool& pool, const float* x, int64_t n, int64_t cols,
@@ -146,8 +151,8 @@ Q8Activations quantize_activations(ThreadPool& pool, const float* x, int64_t n, 
   return {n, cols, scratch.q.data(), scratch.scale.data(), scratch.bias.data()};
 }
 
-void fast_linear(ThreadPool& pool, const KernelTable& kernels, const Tensor& x, const LinearWeight& w,
-                 Tensor& out, LinearScratch& scratch) {
+void fast_linear(ThreadPool& pool, const KernelTable& kernels, const Tensor& x,
+                 const LinearWeight& w, Tensor& out, LinearScratch& scratch) {
   const int64_t n = x.dim(0);
   const int64_t in = w.in_features();
   const int64_t out_features = w.out_features();

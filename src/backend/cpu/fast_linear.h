@@ -32,8 +32,8 @@ Q8Activations quantize_activations(ThreadPool& pool, const float* x, int64_t n, 
 
 // out = x w^T like cpu::linear, with `kernels`; w must satisfy fast_linear_applies.
 void fast_linear(ThreadPool& pool, const KernelTable& kernels, const Tensor& x,  // [n, in] f32
-                 const LinearWeight& w,                                           // [out, in]
-                 Tensor& out,                                                     // [n, out] f32
+                 const LinearWeight& w,                                          // [out, in]
+                 Tensor& out,                                                    // [n, out] f32
                  LinearScratch& scratch);
 
 }  // namespace llamaq::cpu

@@ -36,8 +36,8 @@ struct Nf4Rows {
   int64_t cols = 0;                 // a multiple of kChunk
   int64_t row_begin = 0;
   int64_t n_rows = 0;
-  const float* dw = nullptr;        // [n_rows, cols / kChunk] f32: the block scale of each chunk
-  const int8_t* codes = nullptr;    // [16] int8: round(127 * code_table)
+  const float* dw = nullptr;      // [n_rows, cols / kChunk] f32: the block scale of each chunk
+  const int8_t* codes = nullptr;  // [16] int8: round(127 * code_table)
 };
 
 // out[t * out_stride + row_begin + r] for every token t and r < n_rows.

@@ -24,7 +24,8 @@ struct ChunkWeights {
 inline ChunkWeights decode_chunk(const uint8_t* bytes, __m256i table) {
   const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes));
   const __m256i low_mask = _mm256_set1_epi8(15);
-  const __m256i high = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_mask));
+  const __m256i high =
+      _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_mask));
   const __m256i low = _mm256_shuffle_epi8(table, _mm256_and_si256(packed, low_mask));
   return {_mm256_abs_epi8(high), high, _mm256_abs_epi8(low), low};
 }
@@ -49,7 +50,8 @@ void nf4_tile(const Nf4Rows& w, const Q8Activations& x, int64_t r0, int64_t t0, 
   const int64_t chunks = w.cols / kChunk;
   __m256 acc[R][T];
   for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    for (int t = 0; t < T; ++t)
+      acc[r][t] = _mm256_setzero_ps();
   }
   // The R rows are one contiguous span; prefetch the next one while reading it (the hardware
   // prefetchers stop at 4 KiB pages).
@@ -58,7 +60,8 @@ void nf4_tile(const Nf4Rows& w, const Q8Activations& x, int64_t r0, int64_t t0, 
     _mm_prefetch(reinterpret_cast<const char*>(next_span + c * R * (kChunk / 2)), _MM_HINT_T0);
     ChunkWeights weights[R];
     for (int r = 0; r < R; ++r) {
-      weights[r] = decode_chunk(w.packed + (w.row_begin + r0 + r) * (w.cols / 2) + c * (kChunk / 2), table);
+      weights[r] =
+          decode_chunk(w.packed + (w.row_begin + r0 + r) * (w.cols / 2) + c * (kChunk / 2), table);
     }
     for (int t = 0; t < T; ++t) {
       const int8_t* q = x.q + (t0 + t) * x.cols + c * kChunk;
@@ -73,7 +76,8 @@ void nf4_tile(const Nf4Rows& w, const Q8Activations& x, int64_t r0, int64_t t0, 
     }
   }
   for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < T; ++t) out[(t0 + t) * out_stride + w.row_begin + r0 + r] = reduce_add(acc[r][t]);
+    for (int t = 0; t < T; ++t)
+      out[(t0 + t) * out_stride + w.row_begin + r0 + r] = reduce_add(acc[r][t]);
   }
 }
 
@@ -84,7 +88,8 @@ void nf4_rows_tokens(const Nf4Rows& w, const Q8Activations& x, int64_t r0, __m25
   for (; t + kNf4TokenTile <= x.n_tokens; t += kNf4TokenTile) {
     nf4_tile<R, kNf4TokenTile>(w, x, r0, t, table, out, out_stride);
   }
-  for (; t < x.n_tokens; ++t) nf4_tile<R, 1>(w, x, r0, t, table, out, out_stride);
+  for (; t < x.n_tokens; ++t)
+    nf4_tile<R, 1>(w, x, r0, t, table, out, out_stride);
 }
 
 void nf4_avx2(const Nf4Rows& w, const Q8Activations& x, float* out, int64_t out_stride) {
@@ -94,7 +99,8 @@ void nf4_avx2(const Nf4Rows& w, const Q8Activations& x, float* out, int64_t out_
   for (; r + kNf4RowTile <= w.n_rows; r += kNf4RowTile) {
     nf4_rows_tokens<kNf4RowTile>(w, x, r, table, out, out_stride);
   }
-  for (; r < w.n_rows; ++r) nf4_rows_tokens<1>(w, x, r, table, out, out_stride);
+  for (; r < w.n_rows; ++r)
+    nf4_rows_tokens<1>(w, x, r, table, out, out_stride);
 }
 
 inline __m256 load_bf16(const uint16_t* src) {
@@ -103,19 +109,22 @@ inline __m256 load_bf16(const uint16_t* src) {
 }
 
 template <int R, int T>
-void bf16_tile(const uint16_t* w, int64_t cols, int64_t r0, const float* x, int64_t t0,
-               float* out, int64_t out_stride) {
+void bf16_tile(const uint16_t* w, int64_t cols, int64_t r0, const float* x, int64_t t0, float* out,
+               int64_t out_stride) {
   __m256 acc[R][T];
   for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    for (int t = 0; t < T; ++t)
+      acc[r][t] = _mm256_setzero_ps();
   }
   const int64_t body = cols / 8 * 8;
   for (int64_t i = 0; i < body; i += 8) {
     __m256 weights[R];
-    for (int r = 0; r < R; ++r) weights[r] = load_bf16(w + (r0 + r) * cols + i);
+    for (int r = 0; r < R; ++r)
+      weights[r] = load_bf16(w + (r0 + r) * cols + i);
     for (int t = 0; t < T; ++t) {
       const __m256 a = _mm256_loadu_ps(x + (t0 + t) * cols + i);
-      for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(weights[r], a, acc[r][t]);
+      for (int r = 0; r < R; ++r)
+        acc[r][t] = _mm256_fmadd_ps(weights[r], a, acc[r][t]);
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -133,26 +142,30 @@ void bf16_tile(const uint16_t* w, int64_t cols, int64_t r0, const float* x, int6
 }
 
 template <int R>
-void bf16_rows_tokens(const uint16_t* w, int64_t cols, int64_t r0, const float* x,
-                      int64_t n_tokens, float* out, int64_t out_stride) {
+void bf16_rows_tokens(const uint16_t* w, int64_t cols, int64_t r0, const float* x, int64_t n_tokens,
+                      float* out, int64_t out_stride) {
   int64_t t = 0;
   for (; t + kBf16TokenTile <= n_tokens; t += kBf16TokenTile) {
     bf16_tile<R, kBf16TokenTile>(w, cols, r0, x, t, out, out_stride);
   }
-  for (; t < n_tokens; ++t) bf16_tile<R, 1>(w, cols, r0, x, t, out, out_stride);
+  for (; t < n_tokens; ++t)
+    bf16_tile<R, 1>(w, cols, r0, x, t, out, out_stride);
 }
 
-void bf16_avx2(const uint16_t* w, int64_t cols, int64_t row_begin, int64_t n_rows,
-               const float* x, int64_t n_tokens, float* out, int64_t out_stride) {
+void bf16_avx2(const uint16_t* w, int64_t cols, int64_t row_begin, int64_t n_rows, const float* x,
+               int64_t n_tokens, float* out, int64_t out_stride) {
   int64_t r = row_begin;
   for (; r + kBf16RowTile <= row_begin + n_rows; r += kBf16RowTile) {
     bf16_rows_tokens<kBf16RowTile>(w, cols, r, x, n_tokens, out, out_stride);
   }
-  for (; r < row_begin + n_rows; ++r) bf16_rows_tokens<1>(w, cols, r, x, n_tokens, out, out_stride);
+  for (; r < row_begin + n_rows; ++r)
+    bf16_rows_tokens<1>(w, cols, r, x, n_tokens, out, out_stride);
 }
 
 }  // namespace
 
-KernelTable avx2_kernels() { return {nf4_avx2, bf16_avx2}; }
+KernelTable avx2_kernels() {
+  return {nf4_avx2, bf16_avx2};
+}
 
 }  // namespace llamaq::cpu

@@ -47,7 +47,8 @@ void nf4_tile(const Nf4Rows& w, const Q8Activations& x, int64_t r0, int64_t t0, 
   }
   __m512 acc[R][T];
   for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+    for (int t = 0; t < T; ++t)
+      acc[r][t] = _mm512_setzero_ps();
   }
   // The R rows are one contiguous span; while reading it, prefetch the span after the next (the
   // hardware prefetchers stop at 4 KiB pages, one span of four 2048-wide rows; two spans ahead
@@ -56,10 +57,12 @@ void nf4_tile(const Nf4Rows& w, const Q8Activations& x, int64_t r0, int64_t t0, 
   for (int64_t c = 0; c < chunks; ++c) {
     _mm_prefetch(reinterpret_cast<const char*>(next_span + c * R * (kChunk / 2)), _MM_HINT_T0);
     if constexpr (R > 1) {
-      _mm_prefetch(reinterpret_cast<const char*>(next_span + c * R * (kChunk / 2) + 64), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(next_span + c * R * (kChunk / 2) + 64),
+                   _MM_HINT_T0);
     }
     __m512i weights[R];
-    for (int r = 0; r < R; ++r) weights[r] = decode_chunk(rows[r] + c * (kChunk / 2), table);
+    for (int r = 0; r < R; ++r)
+      weights[r] = decode_chunk(rows[r] + c * (kChunk / 2), table);
     for (int t = 0; t < T; ++t) {
       const __m512i a = _mm512_loadu_si512(q[t] + c * kChunk);
       const __m512i start = _mm512_zextsi128_si512(_mm_cvtsi32_si128(bias[t][c]));
@@ -102,14 +105,16 @@ void nf4_rows_tokens(const Nf4Rows& w, const Q8Activations& x, int64_t r0, __m51
 
 void nf4_avx512(const Nf4Rows& w, const Q8Activations& x, float* out, int64_t out_stride) {
   alignas(16) uint8_t biased[16];
-  for (int i = 0; i < 16; ++i) biased[i] = uint8_t(int(w.codes[i]) + 128);
+  for (int i = 0; i < 16; ++i)
+    biased[i] = uint8_t(int(w.codes[i]) + 128);
   const __m512i table =
       _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(biased)));
   int64_t r = 0;
   for (; r + kRowTile <= w.n_rows; r += kRowTile) {
     nf4_rows_tokens<kRowTile>(w, x, r, table, out, out_stride);
   }
-  for (; r < w.n_rows; ++r) nf4_rows_tokens<1>(w, x, r, table, out, out_stride);
+  for (; r < w.n_rows; ++r)
+    nf4_rows_tokens<1>(w, x, r, table, out, out_stride);
 }
 
 // 16 bf16 values (the first `count` of them when count < 16) widened to f32.
@@ -119,47 +124,55 @@ inline __m512 load_bf16(const uint16_t* src, __mmask16 mask) {
 }
 
 template <int R, int T>
-void bf16_tile(const uint16_t* w, int64_t cols, int64_t r0, const float* x, int64_t t0,
-               float* out, int64_t out_stride) {
+void bf16_tile(const uint16_t* w, int64_t cols, int64_t r0, const float* x, int64_t t0, float* out,
+               int64_t out_stride) {
   __m512 acc[R][T];
   for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+    for (int t = 0; t < T; ++t)
+      acc[r][t] = _mm512_setzero_ps();
   }
   for (int64_t i = 0; i < cols; i += 16) {
     const __mmask16 mask = cols - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (cols - i)) - 1);
     __m512 weights[R];
-    for (int r = 0; r < R; ++r) weights[r] = load_bf16(w + (r0 + r) * cols + i, mask);
+    for (int r = 0; r < R; ++r)
+      weights[r] = load_bf16(w + (r0 + r) * cols + i, mask);
     for (int t = 0; t < T; ++t) {
       const __m512 a = _mm512_maskz_loadu_ps(mask, x + (t0 + t) * cols + i);
-      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(weights[r], a, acc[r][t]);
+      for (int r = 0; r < R; ++r)
+        acc[r][t] = _mm512_fmadd_ps(weights[r], a, acc[r][t]);
     }
   }
   for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < T; ++t) out[(t0 + t) * out_stride + r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
+    for (int t = 0; t < T; ++t)
+      out[(t0 + t) * out_stride + r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
   }
 }
 
 template <int R>
-void bf16_rows_tokens(const uint16_t* w, int64_t cols, int64_t r0, const float* x,
-                      int64_t n_tokens, float* out, int64_t out_stride) {
+void bf16_rows_tokens(const uint16_t* w, int64_t cols, int64_t r0, const float* x, int64_t n_tokens,
+                      float* out, int64_t out_stride) {
   int64_t t = 0;
   for (; t + kTokenTile <= n_tokens; t += kTokenTile) {
     bf16_tile<R, kTokenTile>(w, cols, r0, x, t, out, out_stride);
   }
-  for (; t < n_tokens; ++t) bf16_tile<R, 1>(w, cols, r0, x, t, out, out_stride);
+  for (; t < n_tokens; ++t)
+    bf16_tile<R, 1>(w, cols, r0, x, t, out, out_stride);
 }
 
-void bf16_avx512(const uint16_t* w, int64_t cols, int64_t row_begin, int64_t n_rows,
-                 const float* x, int64_t n_tokens, float* out, int64_t out_stride) {
+void bf16_avx512(const uint16_t* w, int64_t cols, int64_t row_begin, int64_t n_rows, const float* x,
+                 int64_t n_tokens, float* out, int64_t out_stride) {
   int64_t r = row_begin;
   for (; r + kRowTile <= row_begin + n_rows; r += kRowTile) {
     bf16_rows_tokens<kRowTile>(w, cols, r, x, n_tokens, out, out_stride);
   }
-  for (; r < row_begin + n_rows; ++r) bf16_rows_tokens<1>(w, cols, r, x, n_tokens, out, out_stride);
+  for (; r < row_begin + n_rows; ++r)
+    bf16_rows_tokens<1>(w, cols, r, x, n_tokens, out, out_stride);
 }
 
 }  // namespace
 
-KernelTable avx512_kernels() { return {nf4_avx512, bf16_avx512}; }
+KernelTable avx512_kernels() {
+  return {nf4_avx512, bf16_avx512};
+}
 
 }  // namespace llamaq::cpu

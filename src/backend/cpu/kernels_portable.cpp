@@ -45,7 +45,8 @@ void bf16_portable(const uint16_t* w, int64_t cols, int64_t row_begin, int64_t n
         }
       }
       float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-      for (; i < cols; ++i) sum += std::bit_cast<float>(uint32_t(row[i]) << 16) * xt[i];
+      for (; i < cols; ++i)
+        sum += std::bit_cast<float>(uint32_t(row[i]) << 16) * xt[i];
       out[t * out_stride + r] = sum;
     }
   }
@@ -53,6 +54,8 @@ void bf16_portable(const uint16_t* w, int64_t cols, int64_t row_begin, int64_t n
 
 }  // namespace
 
-KernelTable portable_kernels() { return {nf4_portable, bf16_portable}; }
+KernelTable portable_kernels() {
+  return {nf4_portable, bf16_portable};
+}
 
 }  // namespace llamaq::cpu
