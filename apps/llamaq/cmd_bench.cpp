@@ -3,6 +3,7 @@
 // decoded token, FLOPs per prompt token), as a table and optionally JSON.
 #include <nlohmann/json.hpp>
 
+#include <ctime>
 #include <iostream>
 #include <random>
 #include <sstream>
@@ -41,7 +42,17 @@ struct BenchRow {
   double weight_gib = 0;         // bytes a decode step reads (projections + head)
   double decode_gb_per_s = 0;    // weight bytes x decode tokens/s
   double prefill_tflop_per_s = 0;
+  double prefill_cpu_s = 0;  // process CPU time (all threads, spin-waits included)
+  double decode_cpu_s = 0;
 };
+
+// CPU seconds this process has used so far, all threads. On a machine shared with other work,
+// tokens per CPU-second show what the code does with the time it gets.
+double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
+}
 
 int64_t linear_params(const LlamaWeights& w) {
   int64_t n = w.lm_head.out_features() * w.lm_head.in_features();
@@ -97,15 +108,19 @@ BenchRow run_one(const BenchOptions& o, const LlamaConfig& config, LlamaWeights 
     cache.remove_sequence(seq);
   }
   const int seq = cache.add_sequence();
+  const double cpu_before_prefill = process_cpu_seconds();
   const Stopwatch prefill;
   std::vector<float> logits = model.forward_to_host(cache, seq, prompt, LogitsFor::LastToken);
   const double prefill_s = prefill.seconds();
+  row.prefill_cpu_s = process_cpu_seconds() - cpu_before_prefill;
+  const double cpu_before_decode = process_cpu_seconds();
   const Stopwatch decode;
   for (int64_t i = 0; i < o.gen; ++i) {
     const int32_t next[1] = {argmax(logits)};
     logits = model.forward_to_host(cache, seq, next, LogitsFor::LastToken);
   }
   const double decode_s = decode.seconds();
+  row.decode_cpu_s = process_cpu_seconds() - cpu_before_decode;
   row.prefill_tokens_per_s = double(o.prompt) / prefill_s;
   row.ttft_ms = prefill_s * 1e3;
   row.decode_tokens_per_s = double(o.gen) / decode_s;
@@ -175,8 +190,16 @@ void run(const BenchOptions& o) {
     const double triad = host_triad_gb_per_s(o.threads);
     std::cout << fmt::format("host memory bandwidth (STREAM triad, same threads) {:.1f} GB/s\n", triad);
     for (size_t i = 0; i < rows.size(); ++i) {
-      std::cout << fmt::format("{} decode reaches {:.0f}% of it\n", rows[i].weights,
-                               100.0 * rows[i].decode_gb_per_s / triad);
+      const BenchRow& r = rows[i];
+      std::cout << fmt::format("{} decode reaches {:.0f}% of it\n", r.weights,
+                               100.0 * r.decode_gb_per_s / triad);
+      std::cout << fmt::format(
+          "{} CPU time: prefill {:.2f} s ({:.1f} tokens per CPU-second), decode {:.2f} s ({:.2f} "
+          "tokens per CPU-second)\n",
+          r.weights, r.prefill_cpu_s, double(o.prompt) / r.prefill_cpu_s, r.decode_cpu_s,
+          double(o.gen) / r.decode_cpu_s);
+      json[i]["prefill_cpu_s"] = r.prefill_cpu_s;
+      json[i]["decode_cpu_s"] = r.decode_cpu_s;
       json[i]["host_triad_gb_per_s"] = triad;
       json[i]["decode_bandwidth_fraction"] = rows[i].decode_gb_per_s / triad;
     }
