@@ -5,6 +5,7 @@
 // memory, as a table and optionally JSON. --profile writes the per-op trace of the whole run.
 #include <nlohmann/json.hpp>
 
+#include <ctime>
 #include <iostream>
 #include <random>
 
@@ -14,9 +15,13 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/resources.h"
+#include "core/thread_pool.h"
 #include "io/atomic_file.h"
 #include "model/random_checkpoint.h"
+#include "quant/nf4_codec.h"
 #include "model/weights.h"
+#include "quant/nf4_codec.h"
+#include "core/thread_pool.h"
 #include "runtime/profiler.h"
 
 namespace llamaq::cli {
@@ -174,6 +179,22 @@ LlamaWeights weights_as(const BenchOptions& o, LlamaWeights weights, const std::
     quant.threads = o.model.threads;
     quant.progress = true;
     quantize_weights(weights, quant);
+    if (o.model.quant_lm_head && !weights.lm_head.quantized()) {
+      // A tied head is the embedding table, which the loader keeps dense; the bench quantizes a
+      // head of its own (the table stays bf16 for the embedding lookup), as llama.cpp keeps a
+      // separately quantized output matrix.
+      ThreadPool pool(o.model.threads);
+      weights.lm_head = LinearWeight::quantized(std::make_shared<nf4::Nf4Weight>(
+          nf4::quantize(weights.lm_head.weight, quant.double_quant, pool)));
+    }
+    if (o.quant_lm_head && !weights.lm_head.quantized()) {
+      // A tied head is the embedding table, which the loader keeps dense; the bench quantizes a
+      // head of its own (the table stays bf16 for the embedding lookup), as llama.cpp keeps a
+      // separately quantized output matrix.
+      ThreadPool pool(o.threads);
+      weights.lm_head = LinearWeight::quantized(std::make_shared<nf4::Nf4Weight>(
+          nf4::quantize(weights.lm_head.weight, quant.double_quant, pool)));
+    }
   } else if (format != "bf16") {
     fail("--weights: unknown format \"{}\" (bf16 or nf4)", format);
   }

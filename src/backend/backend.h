@@ -16,8 +16,8 @@ namespace llamaq {
 
 // One layer's slice of the paged KV cache, as the attention ops see it.
 struct KvLayerView {
-  Tensor k_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32
-  Tensor v_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32
+  Tensor k_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32 or bf16
+  Tensor v_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32 or bf16 (as k_blocks)
   // [max_blocks] i32 shared by every token (one sequence), or [n, max_blocks] i32 with row t for
   // token t (a decode step of n sequences, one token each): entry i is the block holding
   // positions [i*bs, (i+1)*bs).
@@ -65,6 +65,8 @@ class Backend {
 
   virtual std::string_view name() const = 0;
   virtual Device device() const = 0;
+  // The KV cache dtype this backend runs fastest with (F32 or BF16); KvCache's default.
+  virtual DType preferred_kv_dtype() const = 0;
 
   // Memory.
   virtual Tensor alloc(DType dtype, Shape shape) = 0;  // zero-filled
@@ -220,7 +222,8 @@ class Backend {
   virtual void synchronize() = 0;
 };
 
-// The CPU reference backend with n_threads threads (<= 0: all hardware threads).
+// The CPU backend with n_threads threads (<= 0: all hardware threads), at the fastest instruction
+// set this CPU supports (backend/cpu/cpu_backend.h picks another, the fp32 reference included).
 std::unique_ptr<Backend> make_cpu_backend(int n_threads);
 
 }  // namespace llamaq

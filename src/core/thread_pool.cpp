@@ -1,12 +1,40 @@
 #include "core/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace llamaq {
+namespace {
+
+constexpr auto kSpinTime = std::chrono::microseconds(200);
+
+inline void cpu_relax() {
+#if defined(__x86_64__)
+  _mm_pause();
+#endif
+}
+
+// Spins until done() or kSpinTime has passed; returns done().
+template <typename Done>
+bool spin_until(const Done& done) {
+  const auto deadline = std::chrono::steady_clock::now() + kSpinTime;
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    cpu_relax();
+    if (i % 64 == 63 && std::chrono::steady_clock::now() > deadline) return done();
+  }
+}
+
+}  // namespace
 
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = int(std::max(1u, std::thread::hardware_concurrency()));
-  for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  for (int i = 1; i < n_threads; ++i)
+    workers_.emplace_back([this] { worker_loop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -15,66 +43,99 @@ ThreadPool::~ThreadPool() {
     stopping_ = true;
   }
   work_ready_.notify_all();
-  for (auto& worker : workers_) worker.join();
+  for (auto& worker : workers_)
+    worker.join();
 }
 
-void ThreadPool::run_chunk(int index) {
-  const int64_t begin = job_n_ * index / job_chunks_;
-  const int64_t end = job_n_ * (index + 1) / job_chunks_;
-  if (begin >= end) return;
-  try {
-    (*job_)(begin, end);
-  } catch (...) {
-    std::lock_guard lock(mutex_);
-    if (!error_) error_ = std::current_exception();
+// Claims and runs chunks until none is left.
+void ThreadPool::run_chunks() {
+  for (;;) {
+    const int64_t i = next_chunk_.fetch_add(1);
+    if (i >= job_chunks_) return;
+    const int64_t begin = job_chunk_size_ ? i * job_chunk_size_ : job_n_ * i / job_chunks_;
+    const int64_t end = job_chunk_size_ ? std::min(job_n_, begin + job_chunk_size_)
+                                        : job_n_ * (i + 1) / job_chunks_;
+    if (begin >= end) continue;
+    try {
+      (*job_)(begin, end);
+    } catch (...) {
+      std::lock_guard lock(mutex_);
+      if (!error_) error_ = std::current_exception();
+    }
   }
 }
 
-void ThreadPool::worker_loop(int index) {
+void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
-    {
+    const auto ready = [&] { return stopping_.load() || generation_.load() != seen; };
+    if (!spin_until(ready)) {
       std::unique_lock lock(mutex_);
-      work_ready_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-      if (stopping_) return;
-      seen = generation_;
+      work_ready_.wait(lock, ready);
     }
-    if (index < job_chunks_) run_chunk(index);
-    {
-      std::lock_guard lock(mutex_);
-      if (--pending_ == 0) work_done_.notify_one();
-    }
+    if (stopping_.load()) return;
+    seen = generation_.load();
+    // Join only a loop that is still open; the caller waits for joined workers alone.
+    joined_.fetch_add(1);
+    if (open_.load()) run_chunks();
+    joined_.fetch_sub(1);
   }
+}
+
+void ThreadPool::run(int64_t n, int64_t chunks, int64_t chunk_size,
+                     const std::function<void(int64_t, int64_t)>& fn) {
+  job_ = &fn;
+  job_n_ = n;
+  job_chunks_ = chunks;
+  job_chunk_size_ = chunk_size;
+  error_ = nullptr;
+  next_chunk_.store(0);
+  open_.store(true);
+  {
+    std::lock_guard lock(mutex_);  // a worker may be between its check and its wait
+    generation_.fetch_add(1);
+  }
+  work_ready_.notify_all();
+  run_chunks();
+  // Every chunk is claimed; close the loop and wait for the workers still running one. (All
+  // these atomics are sequentially consistent: a worker that joins after the close sees it.)
+  open_.store(false);
+  const auto workers_done = [&] { return joined_.load() == 0; };
+  if (!spin_until(workers_done)) {
+    while (!workers_done())
+      std::this_thread::yield();  // a joined worker was descheduled
+  }
+  job_ = nullptr;
+  std::exception_ptr error;
+  {
+    std::lock_guard lock(mutex_);
+    error = error_;
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn,
                               int64_t min_chunk) {
   if (n <= 0) return;
   const int64_t max_chunks = std::max<int64_t>(1, n / std::max<int64_t>(1, min_chunk));
-  const int chunks = int(std::min<int64_t>(size(), max_chunks));
+  const int64_t chunks = std::min<int64_t>(size(), max_chunks);
   if (chunks == 1) {
     fn(0, n);
     return;
   }
-  {
-    std::lock_guard lock(mutex_);
-    job_ = &fn;
-    job_n_ = n;
-    job_chunks_ = chunks;
-    pending_ = int(workers_.size());
-    error_ = nullptr;
-    ++generation_;
+  run(n, chunks, 0, fn);
+}
+
+void ThreadPool::parallel_for_chunks(int64_t n, int64_t chunk,
+                                     const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  chunk = std::max<int64_t>(1, chunk);
+  const int64_t chunks = (n + chunk - 1) / chunk;
+  if (chunks == 1 || size() == 1) {
+    fn(0, n);
+    return;
   }
-  work_ready_.notify_all();
-  run_chunk(0);
-  std::exception_ptr error;
-  {
-    std::unique_lock lock(mutex_);
-    work_done_.wait(lock, [&] { return pending_ == 0; });
-    job_ = nullptr;
-    error = error_;
-  }
-  if (error) std::rethrow_exception(error);
+  run(n, chunks, chunk, fn);
 }
 
 }  // namespace llamaq

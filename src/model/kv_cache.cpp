@@ -15,14 +15,21 @@ uint64_t next_cache_id() {
 }  // namespace
 
 KvCache::KvCache(Backend& backend, const LlamaConfig& config, int64_t capacity_tokens,
-                 int64_t block_size)
-    : backend_(backend), id_(next_cache_id()), block_size_(block_size), capacity_tokens_(capacity_tokens) {
+                  int64_t block_size, std::optional<DType> dtype)
+    : backend_(backend),
+      id_(next_cache_id()),
+      block_size_(block_size),
+      capacity_tokens_(capacity_tokens),
+      dtype_(dtype.value_or(backend.preferred_kv_dtype())) {
   if (block_size <= 0 || capacity_tokens <= 0) fail("KV cache: capacity and block size must be > 0");
+  if (dtype_ != DType::F32 && dtype_ != DType::BF16) {
+    fail("KV cache: dtype {} is not supported (f32 or bf16)", dtype_name(dtype_));
+  }
   n_blocks_ = (capacity_tokens + block_size - 1) / block_size;
   const Shape shape = {n_blocks_, block_size_, config.num_key_value_heads, config.head_dim};
   for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
-    k_blocks_.push_back(backend_.alloc(DType::F32, shape));
-    v_blocks_.push_back(backend_.alloc(DType::F32, shape));
+    k_blocks_.push_back(backend_.alloc(dtype_, shape));
+    v_blocks_.push_back(backend_.alloc(dtype_, shape));
   }
   for (int64_t b = n_blocks_ - 1; b >= 0; --b) free_blocks_.push_back(int32_t(b));
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -14,15 +15,17 @@ namespace llamaq {
 
 class KvCache {
  public:
-  // Room for `capacity_tokens` tokens in all, in blocks of `block_size` positions.
+  // Room for `capacity_tokens` tokens in all, in blocks of `block_size` positions, stored as
+  // `dtype` (F32 or BF16; by default the backend's preferred_kv_dtype()).
   KvCache(Backend& backend, const LlamaConfig& config, int64_t capacity_tokens,
-          int64_t block_size = 16);
+          int64_t block_size = 16, std::optional<DType> dtype = std::nullopt);
 
   int add_sequence();
   void remove_sequence(int seq);
   int64_t length(int seq) const;
   // The context size: no sequence grows past it (the pool holds at least this many tokens).
   int64_t capacity_tokens() const { return capacity_tokens_; }
+  DType dtype() const { return dtype_; }
   int64_t free_tokens() const { return int64_t(free_blocks_.size()) * block_size_; }
 
   // Makes room for `n_tokens` more positions in `seq`; throws when the cache is full.
@@ -59,7 +62,8 @@ class KvCache {
   int64_t block_size_;
   int64_t capacity_tokens_;
   int64_t n_blocks_;
-  std::vector<Tensor> k_blocks_;  // per layer [n_blocks, block_size, n_kv_heads, head_dim] f32
+  DType dtype_;
+  std::vector<Tensor> k_blocks_;  // per layer [n_blocks, block_size, n_kv_heads, head_dim] dtype_
   std::vector<Tensor> v_blocks_;
   std::vector<int32_t> free_blocks_;
   std::vector<Sequence> sequences_;

@@ -19,10 +19,13 @@ struct RunResult {
   std::string err;
 };
 
+// The binary runs the fp32 reference CPU path (LLAMAQ_CPU_ISA=reference): these tests hold its
+// outputs to the float64 references at 1e-4 and to exact greedy tokens; the fast path is checked
+// against the same fixtures in tests/golden/fast_path_golden_test.cpp.
 RunResult run_cli(const std::string& args) {
   test::TempDir dir;
-  const std::string command =
-      std::string(LLAMAQ_CLI) + " " + args + " 2>" + (dir / "stderr").string();
+  const std::string command = "LLAMAQ_CPU_ISA=reference " + std::string(LLAMAQ_CLI) + " " + args +
+                              " 2>" + (dir / "stderr").string();
   RunResult result;
   FILE* pipe = popen(command.c_str(), "r");
   if (!pipe) return result;

@@ -3,6 +3,7 @@
 // decoding through the KV cache, and greedy continuations (reference.json).
 #include <nlohmann/json.hpp>
 
+#include "backend/cpu/cpu_backend.h"
 #include "io/safetensors.h"
 #include "model/loader.h"
 #include "runtime/generate.h"
@@ -19,7 +20,7 @@ constexpr double kLogitsTolerance = 1e-4;
 constexpr double kMarginFloor = 1e-2;
 
 struct Fixture {
-  std::unique_ptr<Backend> backend = make_cpu_backend(2);
+  std::unique_ptr<Backend> backend = make_cpu_backend(2, cpu::Isa::Reference);
   LoadedModel loaded;
   SafetensorsFile reference;
   nlohmann::json reference_json;

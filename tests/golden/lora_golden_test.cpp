@@ -1,5 +1,6 @@
 // LoRA adapters against the PEFT references in tests/data/models/*/lora: logits with the adapter
 // (eval mode), merged logits, adapter save/load round trip and bad adapters.
+#include "backend/cpu/cpu_backend.h"
 #include "io/peft_adapter.h"
 #include "io/safetensors.h"
 #include "model/loader.h"
@@ -13,7 +14,7 @@ namespace {
 constexpr double kTolerance = 1e-4;
 
 struct Case {
-  std::unique_ptr<Backend> backend = make_cpu_backend(2);
+  std::unique_ptr<Backend> backend = make_cpu_backend(2, cpu::Isa::Reference);
   std::string model;
   SafetensorsFile ref;
   explicit Case(std::string name)

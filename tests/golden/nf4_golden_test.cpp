@@ -1,6 +1,7 @@
 // NF4 end to end: pre-quantized bitsandbytes-layout checkpoints against float64 reference logits
 // (computed by transformers from the dequantized bf16 weights), quantize-on-load against the
 // pre-quantized files, the quantize -> write -> load round trip, and NF4 against bf16.
+#include "backend/cpu/cpu_backend.h"
 #include "io/safetensors.h"
 #include "model/checkpoint_writer.h"
 #include "model/loader.h"
@@ -27,7 +28,7 @@ std::vector<double> logits_of(LoadedModel& loaded, Backend& backend, const std::
 class Nf4Golden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Nf4Golden, PreQuantizedCheckpointReproducesTheReferenceLogits) {
-  auto backend = make_cpu_backend(2);
+  auto backend = make_cpu_backend(2, cpu::Isa::Reference);
   LoadedModel loaded = load_model(test::model_dir(GetParam()), *backend);
   const auto ref = SafetensorsFile::open(test::model_dir(GetParam()) / "reference.safetensors");
   for (int64_t length : {1, 7, 64, 300}) {
@@ -57,7 +58,7 @@ TEST(Nf4, QuantizeOnLoadMatchesThePreQuantizedCheckpoint) {
   for (const SourceCase& c : {SourceCase{"tiny-hd128-sharded", "tiny-hd128-sharded-bnb-nf4", true},
                               SourceCase{"tiny-llama31", "tiny-llama31-bnb-nf4-nodq", false}}) {
     SCOPED_TRACE(c.source);
-    auto backend = make_cpu_backend(2);
+    auto backend = make_cpu_backend(2, cpu::Isa::Reference);
     LoadOptions options;
     options.quantize_nf4 = true;
     options.double_quant = c.double_quant;
@@ -73,7 +74,7 @@ TEST(Nf4, QuantizeOnLoadMatchesThePreQuantizedCheckpoint) {
 }
 
 TEST(Nf4, QuantizeWriteLoadRoundTripGivesIdenticalLogits) {
-  auto backend = make_cpu_backend(2);
+  auto backend = make_cpu_backend(2, cpu::Isa::Reference);
   const auto source = test::model_dir("tiny-llama3-vocab");
   const LlamaConfig config = load_llama_config(source / "config.json");
   const CheckpointTensors checkpoint = CheckpointTensors::open(source);
@@ -92,7 +93,7 @@ TEST(Nf4, QuantizeWriteLoadRoundTripGivesIdenticalLogits) {
 }
 
 TEST(Nf4, LogitsStayCloseToBf16) {
-  auto backend = make_cpu_backend(2);
+  auto backend = make_cpu_backend(2, cpu::Isa::Reference);
   for (const std::string name : {"tiny-llama31", "tiny-hd128-sharded"}) {
     SCOPED_TRACE(name);
     LoadOptions options;
@@ -121,7 +122,7 @@ TEST(Nf4, UnsupportedQuantizationConfigsAreRefused) {
   ASSERT_NE(at, std::string::npos);
   config.replace(at, 30, "\"quant_method\": \"gptq\"");
   test::write_bytes(dir / "config.json", config);
-  auto backend = make_cpu_backend(1);
+  auto backend = make_cpu_backend(1, cpu::Isa::Reference);
   test::expect_error([&] { load_model(dir.path(), *backend); }, {"config.json", "gptq", "not supported"});
 }
 

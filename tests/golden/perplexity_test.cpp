@@ -1,6 +1,7 @@
 // Perplexity against the float64 reference logits of a fixture, window bookkeeping, and KL.
 #include <cmath>
 
+#include "backend/cpu/cpu_backend.h"
 #include "io/safetensors.h"
 #include "model/loader.h"
 #include "runtime/perplexity.h"
@@ -10,7 +11,7 @@ namespace llamaq {
 namespace {
 
 struct Fixture {
-  std::unique_ptr<Backend> backend = make_cpu_backend(2);
+  std::unique_ptr<Backend> backend = make_cpu_backend(2, cpu::Isa::Reference);
   LoadedModel loaded = load_model(test::model_dir("tiny-llama31"), *backend);
   SafetensorsFile ref = SafetensorsFile::open(test::model_dir("tiny-llama31") / "reference.safetensors");
   std::vector<int32_t> ids() const {

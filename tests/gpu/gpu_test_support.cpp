@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "backend/cpu/cpu_backend.h"
+
 namespace llamaq::gpu_test {
 
 std::string why_no_cuda_device() {
@@ -18,7 +20,7 @@ std::string why_no_cuda_device() {
 }
 
 Backends make_backends() {
-  return Backends{std::make_unique<cuda::CudaBackend>(0), make_cpu_backend(0)};
+  return Backends{std::make_unique<cuda::CudaBackend>(0), make_cpu_backend(0, cpu::Isa::Reference)};
 }
 
 Tensor random_tensor(DType dtype, Shape shape, std::mt19937& rng, float scale) {

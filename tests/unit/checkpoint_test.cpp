@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_backend.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "model/loader.h"
@@ -116,7 +117,7 @@ TEST(Checkpoint, Fp16AndFp32CheckpointsGiveTheReferenceLogits) {
       }
       t = {target, t.shape, converted};
     }
-    auto backend = make_cpu_backend(2);
+    auto backend = make_cpu_backend(2, cpu::Isa::Reference);
     LoadedModel loaded = load_model(write_checkpoint(dir, tensors), *backend);
     KvCache cache(*backend, loaded.config, 7);
     const auto logits = loaded.model->forward_to_host(cache, cache.add_sequence(), ids, LogitsFor::AllTokens);

@@ -46,5 +46,31 @@ TEST(ThreadPool, RethrowsAWorkerException) {
   EXPECT_EQ(sum, 4950);
 }
 
+TEST(ThreadPool, ChunkedLoopsCoverEveryIndexOnceWithTheirChunkBounds) {
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    for (const auto& [n, chunk] : {std::pair<int64_t, int64_t>{1, 16}, {97, 16}, {1000, 7}, {64, 64}}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      std::atomic<int> bad_bounds = 0;
+      pool.parallel_for_chunks(n, chunk, [&](int64_t begin, int64_t end) {
+        if (begin % chunk != 0 || (end - begin != chunk && end != n)) bad_bounds++;
+        for (int64_t i = begin; i < end; ++i) hits[size_t(i)]++;
+      });
+      EXPECT_EQ(bad_bounds, 0);
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[size_t(i)], 1) << threads << " " << n;
+    }
+  }
+}
+
+TEST(ThreadPool, ManyShortLoopsInARowFinish) {
+  // The join protocol under churn: loops far shorter than a worker's wake-up.
+  ThreadPool pool(3);
+  std::atomic<int64_t> sum = 0;
+  for (int round = 0; round < 20000; ++round) {
+    pool.parallel_for(3, [&](int64_t b, int64_t e) { sum += e - b; });
+  }
+  EXPECT_EQ(sum, 60000);
+}
+
 }  // namespace
 }  // namespace llamaq

@@ -1,5 +1,6 @@
 // CPU reference attention over the paged KV cache: for each query token and head, scores against
-// every visible key, an fp32 softmax with max subtraction, and the weighted sum of values.
+// every visible key, an fp32 softmax with max subtraction, and the weighted sum of values. The
+// cache holds f32 or bf16 (stored rounded to nearest even, read back widened).
 #include <cmath>
 #include <vector>
 
@@ -9,14 +10,39 @@
 namespace llamaq::cpu {
 namespace {
 
-// Address of the key or value vector of (position, kv head) in the block pool.
-const float* kv_row(const Tensor& blocks, const int32_t* table, int64_t block_size,
-                    int64_t position, int64_t kv_head) {
+// The key or value vector of (position, kv head) in the block pool, widened to f32 in `out`.
+void load_kv_row(const Tensor& blocks, const int32_t* table, int64_t block_size, int64_t position,
+                 int64_t kv_head, float* out) {
   const int64_t n_kv_heads = blocks.dim(2);
   const int64_t head_dim = blocks.dim(3);
   const int64_t block = table[position / block_size];
   const int64_t slot = block * block_size + position % block_size;
-  return blocks.data_as<const float>() + (slot * n_kv_heads + kv_head) * head_dim;
+  const int64_t offset = (slot * n_kv_heads + kv_head) * head_dim;
+  if (blocks.dtype() == DType::BF16) {
+    const uint16_t* src = blocks.data_as<const uint16_t>() + offset;
+    for (int64_t i = 0; i < head_dim; ++i)
+      out[i] = bf16_to_float(src[i]);
+  } else {
+    std::copy_n(blocks.data_as<const float>() + offset, head_dim, out);
+  }
+}
+
+void check_kv_dtype(const KvLayerView& kv) {
+  const DType dtype = kv.k_blocks.dtype();
+  if ((dtype != DType::F32 && dtype != DType::BF16) || kv.v_blocks.dtype() != dtype) {
+    fail("cpu attention: the KV cache must be f32 or bf16, got {}", dtype_name(dtype));
+  }
+}
+
+// Stores `count` f32 values as the cache's dtype.
+void store_kv(const float* src, int64_t count, const Tensor& blocks, int64_t offset) {
+  if (blocks.dtype() == DType::BF16) {
+    uint16_t* dst = blocks.data_as<uint16_t>() + offset;
+    for (int64_t i = 0; i < count; ++i)
+      dst[i] = float_to_bf16(src[i]);
+  } else {
+    std::copy_n(src, count, blocks.data_as<float>() + offset);
+  }
 }
 
 // Token t's block table: the shared table, or row t of a per-token [n, max_blocks] table.
@@ -31,11 +57,12 @@ void kv_store(const Tensor& k, const Tensor& v, const Tensor& positions, const K
   const int64_t n = k.dim(0);
   const int64_t row = k.dim(1) * k.dim(2);
   const int32_t* pos = positions.data_as<const int32_t>();
+  check_kv_dtype(kv);
   for (int64_t t = 0; t < n; ++t) {
     const int64_t block = table_of(kv, t)[pos[t] / kv.block_size];
     const int64_t slot = block * kv.block_size + pos[t] % kv.block_size;
-    std::copy_n(k.data_as<const float>() + t * row, row, kv.k_blocks.data_as<float>() + slot * row);
-    std::copy_n(v.data_as<const float>() + t * row, row, kv.v_blocks.data_as<float>() + slot * row);
+    store_kv(k.data_as<const float>() + t * row, row, kv.k_blocks, slot * row);
+    store_kv(v.data_as<const float>() + t * row, row, kv.v_blocks, slot * row);
   }
 }
 
@@ -49,8 +76,10 @@ void attention(ThreadPool& pool, const Tensor& q, const Tensor& positions, const
   const int32_t* pos = positions.data_as<const int32_t>();
   const float* qs = q.data_as<const float>();
   float* os = out.data_as<float>();
+  check_kv_dtype(kv);
   pool.parallel_for(n * n_heads, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
+    std::vector<float> kv_vec(static_cast<size_t>(head_dim));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / n_heads;
       const int64_t h = item % n_heads;
@@ -61,8 +90,8 @@ void attention(ThreadPool& pool, const Tensor& q, const Tensor& positions, const
       scores.resize(size_t(visible));
       float max_score = -INFINITY;
       for (int64_t p = 0; p < visible; ++p) {
-        const float* kv_k = kv_row(kv.k_blocks, table, kv.block_size, p, kv_head);
-        scores[size_t(p)] = dot_f32(qv, kv_k, head_dim) * scale;
+        load_kv_row(kv.k_blocks, table, kv.block_size, p, kv_head, kv_vec.data());
+        scores[size_t(p)] = dot_f32(qv, kv_vec.data(), head_dim) * scale;
         max_score = std::max(max_score, scores[size_t(p)]);
       }
       double sum = 0;
@@ -74,8 +103,9 @@ void attention(ThreadPool& pool, const Tensor& q, const Tensor& positions, const
       std::fill_n(o, head_dim, 0.0f);
       for (int64_t p = 0; p < visible; ++p) {
         const float weight = float(scores[size_t(p)] / sum);
-        const float* kv_v = kv_row(kv.v_blocks, table, kv.block_size, p, kv_head);
-        for (int64_t i = 0; i < head_dim; ++i) o[i] += weight * kv_v[i];
+        load_kv_row(kv.v_blocks, table, kv.block_size, p, kv_head, kv_vec.data());
+        for (int64_t i = 0; i < head_dim; ++i)
+          o[i] += weight * kv_vec[size_t(i)];
       }
     }
   });

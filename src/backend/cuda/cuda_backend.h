@@ -40,6 +40,8 @@ class CudaBackend final : public Backend {
 
   std::string_view name() const override { return "cuda"; }
   Device device() const override { return Device::Cuda; }
+  // The CUDA attention and kv_store kernels read and write f32 caches.
+  DType preferred_kv_dtype() const override { return DType::F32; }
 
   Tensor alloc(DType dtype, Shape shape) override;
   Tensor upload(const Tensor& host) override;

@@ -1,0 +1,39 @@
+// The fast CPU linear: NF4 weights through int8 dot products, bf16 weights in fp32 with SIMD
+// (kernels.h), rows partitioned across the thread pool. Weights are used where they lie (the
+// memory-mapped checkpoint or the quantized tensors): nothing is copied or repacked.
+#pragma once
+
+#include <vector>
+
+#include "backend/cpu/kernels.h"
+#include "core/thread_pool.h"
+#include "model/linear_weight.h"
+
+namespace llamaq::cpu {
+
+// Buffers of the quantized activations, kept between calls so that a warm token loop does not
+// allocate.
+struct LinearScratch {
+  std::vector<int8_t> q;
+  std::vector<float> scale;
+  std::vector<int32_t> bias;
+};
+
+// True when the fast kernels take this weight (NF4 with in_features a multiple of 64 and a block
+// size that is a multiple of 64, or dense bf16); other weights go to the reference linear.
+bool fast_linear_applies(const LinearWeight& w);
+
+// int8 of one weight code: round(127 * code), the code book being within [-1, 1].
+void nf4_int8_codes(const nf4::Nf4Weight& w, int8_t* codes);  // codes: [16]
+
+// Quantizes x [n, cols] f32 into `scratch` and returns the view the kernels read.
+Q8Activations quantize_activations(ThreadPool& pool, const float* x, int64_t n, int64_t cols,
+                                   LinearScratch& scratch);
+
+// out = x w^T like cpu::linear, with `kernels`; w must satisfy fast_linear_applies.
+void fast_linear(ThreadPool& pool, const KernelTable& kernels, const Tensor& x,  // [n, in] f32
+                 const LinearWeight& w,                                          // [out, in]
+                 Tensor& out,                                                    // [n, out] f32
+                 LinearScratch& scratch);
+
+}  // namespace llamaq::cpu
