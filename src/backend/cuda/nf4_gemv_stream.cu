@@ -50,9 +50,11 @@ __device__ __forceinline__ void fill_tables(const Nf4Params& p, float2* table, f
   }
   __syncthreads();
   // Byte b holds the lower (even) column in its high nibble: that value goes to .x.
-  for (int i = threadIdx.x; i < kTableEntries; i += kThreads) {
-    const int byte = i / 32;
-    table[i] = make_float2(codes[byte >> 4], codes[byte & 15]);
+  // Two lanes' copies per 16-byte store (entries 2i and 2i + 1 belong to the same byte).
+  for (int i = threadIdx.x; i < kTableEntries / 2; i += kThreads) {
+    const int byte = i / 16;
+    const float high = codes[byte >> 4], low = codes[byte & 15];
+    reinterpret_cast<float4*>(table)[i] = make_float4(high, low, high, low);
   }
   __syncthreads();
 }
@@ -89,8 +91,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     nf4_gemv_stream_kernel(Nf4Params p,
                            const float* __restrict__ x,  // [kTokens, cols] f32
                            float* __restrict__ out) {    // [kTokens, rows] f32
-  extern __shared__ float2 stream_shared[];
-  float2* table = stream_shared;
+  extern __shared__ float4 stream_shared[];              // 16-byte aligned for the table's stores
+  float2* table = reinterpret_cast<float2*>(stream_shared);
   float* nested_map = reinterpret_cast<float*>(table + kTableEntries);
   fill_tables(p, table, nested_map);
 
@@ -108,23 +110,24 @@ __global__ void __launch_bounds__(kThreads, 2)
     row_words[r] = reinterpret_cast<const uint32_t*>(p.packed + row_start[r] / 2);
   }
   float acc[kRows][kTokens] = {};
-  for (int64_t base = 0; base < p.cols; base += int64_t(kUnroll) * kStepCols) {
+  const int cols = int(p.cols);  // < 2^31 (nf4_stream_gemv_supported)
+  for (int base = 0; base < cols; base += kUnroll * kStepCols) {
     uint32_t words[kUnroll][kRows];
     float scale_raw[kUnroll][kRows];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int64_t col = base + u * kStepCols + lane * kLaneCols;
+      const int col = base + u * kStepCols + lane * kLaneCols;
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        const bool in = col < p.cols;
-        words[u][r] = in ? stream_load(row_words[r] + col / kLaneCols) : 0u;
+        const bool in = col < cols;
+        words[u][r] = in ? stream_load(row_words[r] + unsigned(col) / kLaneCols) : 0u;
         scale_raw[u][r] = in ? load_scale_raw(p, row_start[r] + col) : 0.0f;
       }
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int64_t col = base + u * kStepCols + lane * kLaneCols;
-      if (col >= p.cols) break;
+      const int col = base + u * kStepCols + lane * kLaneCols;
+      if (col >= cols) break;
       float w[kRows][8];
       float scale[kRows];
 #pragma unroll
@@ -134,7 +137,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       }
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
-        const float4* xt = reinterpret_cast<const float4*>(x + int64_t(t) * p.cols + col);
+        const float4* xt = reinterpret_cast<const float4*>(x + int64_t(t) * cols + col);
         const float4 a = __ldg(xt);
         const float4 b = __ldg(xt + 1);
 #pragma unroll
@@ -187,7 +190,8 @@ void launch_for_rows(const Nf4Params& p, const float* x, float* out, int multipr
 bool nf4_stream_gemv_supported(const Nf4Params& p) {
   return p.cols % kLaneCols == 0 && p.cols > 0 && p.block_size >= kLaneCols &&
          (!p.double_quant || p.nested_shift >= 0) &&
-         reinterpret_cast<uintptr_t>(p.packed) % 4 == 0 && p.rows < (int64_t(1) << 31);
+         reinterpret_cast<uintptr_t>(p.packed) % 4 == 0 && p.rows < (int64_t(1) << 31) &&
+         p.cols < (int64_t(1) << 31) - kStepCols * 8;
 }
 
 void launch_nf4_stream_gemv(const Nf4Params& p, const float* x, float* out, int n,
