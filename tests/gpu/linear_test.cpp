@@ -17,6 +17,7 @@
 #include <cstring>
 #include <string>
 
+#include "backend/cuda/nf4_params.h"
 #include "backend/cuda/ops.h"
 #include "core/thread_pool.h"
 #include "gpu_test_support.h"
@@ -170,9 +171,9 @@ TEST_F(CudaLinear, Nf4StreamGemvMatchesTheCpu) {
       const Tensor x = gpu_test::random_tensor(DType::F32, {n, c.in}, rng_);
       const Tensor x_gpu = gpu().upload(x);
       const std::string key = std::string(c.double_quant ? "stream_dq_" : "stream_plain_") +
-                              dtype_name(c.dtype) + "_b" + std::to_string(c.block_size) + "_" +
-                              std::to_string(c.out) + "x" + std::to_string(c.in) + "_n" +
-                              std::to_string(n);
+                              std::string(dtype_name(c.dtype)) + "_b" +
+                              std::to_string(c.block_size) + "_" + std::to_string(c.out) + "x" +
+                              std::to_string(c.in) + "_n" + std::to_string(n);
       const auto want = reference(x, w);
       Tensor got = gpu_test::poisoned(gpu(), {n, c.out});
       if (n <= cuda::kNf4StreamMaxTokens) {
