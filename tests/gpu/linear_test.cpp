@@ -151,7 +151,8 @@ TEST_F(CudaLinear, Nf4StreamGemvMatchesTheCpu) {
   };
   // Columns: 64 (one partial step of 256), 72 (blocks of 64 straddle rows), 328 and 1056 (a partial
   // last step and a partial unrolled chunk), 4096 and 14336 (whole chunks). Rows not multiples of
-  // the 16 (2 per warp) or 32 (4 per warp) of a block; 8455 rows take 4 rows per warp.
+  // the 16 (2 per warp) or 32 (4 per warp) of a block; 8455 rows take 4 rows per warp for n <= 4
+  // (on GPUs with up to 132 multiprocessors: the H200).
   const Case cases[] = {
       {1, 64, true, DType::BF16, 64},      {97, 320, true, DType::BF16, 64},
       {97, 320, false, DType::BF16, 64},   {333, 4096, true, DType::BF16, 64},
