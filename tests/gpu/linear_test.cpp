@@ -1,15 +1,23 @@
 // Linear on the GPU against the CPU reference: dense bf16/f16/f32 weights through cuBLAS, NF4
-// weights through the fused tensor-core GEMV (n <= 32 tokens) and through dequantize + GEMM
-// (cublasGemmEx or cuBLASLt), at odd sizes.
-// Bounds: bf16/f16 GEMMs round the f32 activations to the weight's type (2^-9 relative for bf16,
-// 2^-11 for f16, independent per element), which gives ~2e-3 relative output error: 1e-2 is the
-// bf16-operand bound. The fused NF4 GEMV has bf16 operands too: x, the code value, the block scale
-// and their product are each rounded to bf16 (four independent roundings of <= 2^-9 relative
-// against the CPU's one, ~3e-3 expected), so the same 1e-2 bound holds; an indexing mistake gives
-// errors of order 1. f32 weights keep fp32 operands: only summation order differs, bound 1e-4
+// weights through the streaming GEMV (n <= 8), the fused tensor-core GEMV (n <= 32 tokens) and
+// through dequantize + GEMM (cublasGemmEx or cuBLASLt), at odd sizes. Bounds: bf16/f16 GEMMs round
+// the f32 activations to the weight's type (2^-9 relative for bf16, 2^-11 for f16, independent per
+// element), which gives ~2e-3 relative output error: 1e-2 is the bf16-operand bound. The fused NF4
+// GEMV has bf16 operands too: x, the code value, the block scale and their product are each rounded
+// to bf16 (four independent roundings of <= 2^-9 relative against the CPU's one, ~3e-3 expected),
+// so the same 1e-2 bound holds; an indexing mistake gives errors of order 1. The streaming NF4 GEMV
+// (decode, n <= 8) keeps x, codes and scales in fp32 but does not round code * scale to the
+// weight's original dtype as the CPU does: each weight differs by <= half an ulp of that dtype,
+// independently, so the output differs by the RMS of that rounding, ~1.6e-3 relative for bf16
+// (bound 1e-2, as above) and ~2e-4 for f16 (bound 2e-3); f32 originals only differ in summation
+// order (bound 1e-4). f32 weights keep fp32 operands: only summation order differs, bound 1e-4
 // (measured ~1e-7). The NF4 dequantizer must reproduce nf4::dequantize bit for bit.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <string>
 
+#include "backend/cuda/nf4_params.h"
 #include "backend/cuda/ops.h"
 #include "core/thread_pool.h"
 #include "gpu_test_support.h"
@@ -23,6 +31,25 @@ using gpu_test::relative_error;
 
 constexpr double kBf16OperandTolerance = 1e-2;
 constexpr double kFp32Tolerance = 1e-4;
+constexpr double kF16RoundingTolerance = 2e-3;
+
+// "token t, row r: got g, want w" for the element with the largest absolute difference, so that
+// a failure says where an indexing mistake lies.
+std::string worst_element(const std::vector<double>& got, const std::vector<double>& want,
+                          int64_t rows) {
+  size_t worst = 0;
+  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
+    const double diff = std::abs(got[i] - want[i]);
+    if (std::isnan(diff))
+      return "token " + std::to_string(int64_t(i) / rows) + ", row " +
+             std::to_string(int64_t(i) % rows) + ": NaN";
+    if (diff > std::abs(got[worst] - want[worst])) worst = i;
+  }
+  if (got.empty() || got.size() != want.size()) return "sizes differ";
+  return "token " + std::to_string(int64_t(worst) / rows) + ", row " +
+         std::to_string(int64_t(worst) % rows) + ": got " + std::to_string(got[worst]) + ", want " +
+         std::to_string(want[worst]);
+}
 
 class CudaLinear : public gpu_test::GpuTest {
  protected:
@@ -113,6 +140,67 @@ TEST_F(CudaLinear, Nf4FusedGemvMatchesTheCpu) {
       }
     }
   }
+}
+
+TEST_F(CudaLinear, Nf4StreamGemvMatchesTheCpu) {
+  struct Case {
+    int64_t out, in;
+    bool double_quant;
+    DType dtype;
+    int64_t block_size;
+  };
+  // Columns: 64 (one partial step of 256), 72 (blocks of 64 straddle rows), 328 and 1056 (a partial
+  // last step and a partial unrolled chunk), 4096 and 14336 (whole chunks). Rows not multiples of
+  // the 16 (2 per warp) or 32 (4 per warp) of a block; 8455 rows take 4 rows per warp for n <= 4
+  // (on GPUs with up to 132 multiprocessors: the H200).
+  const Case cases[] = {
+      {1, 64, true, DType::BF16, 64},      {97, 320, true, DType::BF16, 64},
+      {97, 320, false, DType::BF16, 64},   {333, 4096, true, DType::BF16, 64},
+      {333, 4096, false, DType::F16, 64},  {31, 72, true, DType::BF16, 64},
+      {45, 328, false, DType::F16, 32},    {45, 328, true, DType::F32, 128},
+      {4500, 1056, true, DType::BF16, 64}, {8455, 328, true, DType::BF16, 64},
+      {8455, 328, false, DType::F16, 64},  {37, 14336, true, DType::BF16, 64},
+      {37, 14336, false, DType::BF16, 64},
+  };
+  for (const Case& c : cases) {
+    const LinearWeight w = quantized(c.out, c.in, c.double_quant, c.dtype, c.block_size);
+    const auto device = gpu().device_nf4(w.nf4);
+    const double bound = c.dtype == DType::BF16  ? kBf16OperandTolerance
+                         : c.dtype == DType::F16 ? kF16RoundingTolerance
+                                                 : kFp32Tolerance;
+    for (int64_t n : {1, 2, 7, 8, 9, 16, 32}) {
+      const Tensor x = gpu_test::random_tensor(DType::F32, {n, c.in}, rng_);
+      const Tensor x_gpu = gpu().upload(x);
+      const std::string key = std::string(c.double_quant ? "stream_dq_" : "stream_plain_") +
+                              std::string(dtype_name(c.dtype)) + "_b" +
+                              std::to_string(c.block_size) + "_" + std::to_string(c.out) + "x" +
+                              std::to_string(c.in) + "_n" + std::to_string(n);
+      const auto want = reference(x, w);
+      Tensor got = gpu_test::poisoned(gpu(), {n, c.out});
+      if (n <= cuda::kNf4StreamMaxTokens) {
+        cuda::linear_nf4(gpu().context(), x_gpu, *device, got, cuda::Nf4Path::StreamGemv);
+        const auto values = host_values(gpu(), got);
+        EXPECT_LE(record(key, relative_error(values, want)), bound)
+            << key << "; worst: " << worst_element(values, want, c.out);
+      }
+      // What Auto picks (the streaming kernel up to 8 tokens, then the tensor-core GEMV or the
+      // dequantize + GEMM path, both with bf16 operands) must agree too.
+      Tensor automatic = gpu_test::poisoned(gpu(), {n, c.out});
+      cuda::linear_nf4(gpu().context(), x_gpu, *device, automatic);
+      const auto values = host_values(gpu(), automatic);
+      EXPECT_LE(relative_error(values, want), std::max(bound, kBf16OperandTolerance))
+          << "auto " << key << "; worst: " << worst_element(values, want, c.out);
+    }
+  }
+}
+
+TEST_F(CudaLinear, Nf4StreamGemvRejectsMoreThan8Tokens) {
+  const LinearWeight w = quantized(64, 128, true);
+  const Tensor x = gpu().alloc(DType::F32, {9, 128});
+  Tensor out = gpu().alloc(DType::F32, {9, 64});
+  EXPECT_THROW(cuda::linear_nf4(gpu().context(), x, *gpu().device_nf4(w.nf4), out,
+                                cuda::Nf4Path::StreamGemv),
+               Error);
 }
 
 TEST_F(CudaLinear, Nf4DequantizeGemmMatchesTheCpu) {

@@ -116,7 +116,7 @@ void time_linears(cuda::CudaBackend& gpu) {
           gpu.device_nf4(std::make_shared<nf4::Nf4Weight>(nf4::quantize(w, true, pool))));
       dense.push_back(gpu.upload(w));
     }
-    for (int64_t n : {1, 8, 32, 512, 2048}) {
+    for (int64_t n : {1, 2, 8, 32, 512, 2048}) {
       if (n > 32 && out == 1024) continue;
       const Tensor x = gpu.upload(random_host(DType::F32, {n, in}, 1.0f));
       Tensor y = gpu.alloc(DType::F32, {n, out});
@@ -127,6 +127,10 @@ void time_linears(cuda::CudaBackend& gpu) {
           cuda::linear_nf4(gpu.context(), x, *nf4s[i % kCopies], y, path, &gpu.nf4_workspace());
         };
       };
+      if (n <= cuda::kNf4StreamMaxTokens) {
+        report(shape_name("linear nf4 stream", out, in, n), nf4_path(cuda::Nf4Path::StreamGemv),
+               gpu, nf4_bytes(out, in) + activations, flops);
+      }
       if (n <= cuda::kNf4GemvMaxTokens) {
         report(shape_name("linear nf4 gemv", out, in, n), nf4_path(cuda::Nf4Path::FusedGemv), gpu,
                nf4_bytes(out, in) + activations, flops);

@@ -1,7 +1,8 @@
-// The NF4 linear op. Few tokens (decode, small batches: n <= 32) take the fused tensor-core GEMV,
-// which reads the 4-bit weight once; more tokens dequantize the weight into a dense matrix of its
-// original dtype (the backend's shared workspace buffer when there is one) and run a bf16 GEMM on
-// it: cublasGemmEx or cuBLASLt, whichever kPrefillPath names (picked by gpu_op_timing).
+// The NF4 linear op. Decode (n <= 8) takes the streaming CUDA-core GEMV (nf4_gemv_stream.cu), small
+// batches (n <= 32) the fused tensor-core GEMV (nf4_gemv.cu); both read the 4-bit weight once; more
+// tokens dequantize the weight into a dense matrix of its original dtype (the backend's shared
+// workspace buffer when there is one) and run a bf16 GEMM on it: cublasGemmEx or cuBLASLt,
+// whichever kPrefillPath names (picked by gpu_op_timing).
 #include <fmt/format.h>
 
 #include <bit>
@@ -66,6 +67,9 @@ Nf4Params make_nf4_params(const nf4::Nf4Weight& w) {
   p.block_size = int(w.block_size);
   p.block_shift = std::countr_zero(uint64_t(w.block_size));
   p.nested_block_size = unsigned(w.nested_block_size);
+  p.nested_shift = std::has_single_bit(uint64_t(w.nested_block_size))
+                       ? std::countr_zero(uint64_t(w.nested_block_size))
+                       : -1;
   p.rounding = rounding_of(w.original_dtype);
   p.double_quant = w.double_quant;
   return p;
@@ -88,10 +92,21 @@ void linear_nf4(CudaContext& ctx, const Tensor& x, const nf4::Nf4Weight& w, Tens
   if (out.numel() == 0) return;
   const bool aligned = reinterpret_cast<uintptr_t>(x.data()) % 16 == 0;
   const bool gemv_ok = nf4_gemv_supported(w) && aligned && n <= kNf4GemvMaxTokens;
+  const bool stream_ok =
+      n <= kNf4StreamMaxTokens && aligned && nf4_stream_gemv_supported(make_nf4_params(w));
   if (path == Nf4Path::Auto) {
-    path = gemv_ok && n <= kAutoGemvMaxTokens ? Nf4Path::FusedGemv
-           : workspace                          ? kPrefillPath
-                                                : Nf4Path::DequantizeGemm;
+    path = stream_ok   ? Nf4Path::StreamGemv
+           : gemv_ok && n <= kAutoGemvMaxTokens ? Nf4Path::FusedGemv
+           : workspace ? kPrefillPath
+                       : Nf4Path::DequantizeGemm;
+  }
+  if (path == Nf4Path::StreamGemv) {
+    require(stream_ok, op,
+            fmt::format("the streaming NF4 GEMV needs cols % 8 == 0, aligned x and n <= {}",
+                        kNf4StreamMaxTokens));
+    launch_nf4_stream_gemv(make_nf4_params(w), x.data_as<const float>(), out.data_as<float>(),
+                           int(n), ctx.multiprocessors(), ctx.stream());
+    return;
   }
   if (path == Nf4Path::FusedGemv) {
     require(gemv_ok, op,

@@ -26,6 +26,7 @@ struct Nf4Params {
   int block_shift;                // log2(block_size): block sizes are powers of two
   int block_size;
   unsigned nested_block_size;
+  int nested_shift;  // log2(nested_block_size) when a power of two (256 always), else -1
   Nf4Rounding rounding;
   bool double_quant;
 };
@@ -41,5 +42,15 @@ void launch_nf4_gemv(const Nf4Params& p,
                      const float* x,  // [n, cols] f32
                      float* out,      // [n, rows] f32
                      int n, int multiprocessors, cudaStream_t stream);
+
+// The streaming CUDA-core GEMV for decode (nf4_gemv_stream.cu): same product for 1 <= n <=
+// kNf4StreamMaxTokens, fp32 throughout, dequantized values not rounded to the original dtype.
+// Needs cols % 8 == 0, a power-of-two nested block size and 16-byte aligned x.
+constexpr int kNf4StreamMaxTokens = 8;
+bool nf4_stream_gemv_supported(const Nf4Params& p);
+void launch_nf4_stream_gemv(const Nf4Params& p,
+                            const float* x,  // [n, cols] f32
+                            float* out,      // [n, rows] f32
+                            int n, int multiprocessors, cudaStream_t stream);
 
 }  // namespace llamaq::cuda

@@ -46,10 +46,12 @@ void linear_dense(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tenso
                   DensePath path = DensePath::Auto);
 
 class Nf4Workspace;
-// FusedGemv: tensor-core dequantize-and-multiply for n <= kNf4GemvMaxTokens (32).
+// StreamGemv: CUDA-core streaming dequantize-and-multiply for n <= kNf4StreamMaxTokens (8), fp32,
+// the default for decode (nf4_gemv_stream.cu). FusedGemv: tensor-core dequantize-and-multiply for
+// n <= kNf4GemvMaxTokens (32), bf16 operands.
 // DequantizeGemm: dequantize into a dense scratch matrix, then cublasGemmEx.
 // DequantizeLt: dequantize into the workspace's shared buffer, then cuBLASLt (needs `workspace`).
-enum class Nf4Path { Auto, FusedGemv, DequantizeGemm, DequantizeLt };
+enum class Nf4Path { Auto, StreamGemv, FusedGemv, DequantizeGemm, DequantizeLt };
 // `w` holds device tensors (see upload_nf4). `workspace` (the backend's) may be null: the dense
 // matrix then comes from the caching allocator.
 void linear_nf4(CudaContext& ctx, const Tensor& x, const nf4::Nf4Weight& w, Tensor& out,
