@@ -5,7 +5,6 @@
 // memory, as a table and optionally JSON. --profile writes the per-op trace of the whole run.
 #include <nlohmann/json.hpp>
 
-#include <ctime>
 #include <iostream>
 #include <random>
 
@@ -20,8 +19,6 @@
 #include "model/random_checkpoint.h"
 #include "quant/nf4_codec.h"
 #include "model/weights.h"
-#include "quant/nf4_codec.h"
-#include "core/thread_pool.h"
 #include "runtime/profiler.h"
 
 namespace llamaq::cli {
@@ -184,14 +181,6 @@ LlamaWeights weights_as(const BenchOptions& o, LlamaWeights weights, const std::
       // head of its own (the table stays bf16 for the embedding lookup), as llama.cpp keeps a
       // separately quantized output matrix.
       ThreadPool pool(o.model.threads);
-      weights.lm_head = LinearWeight::quantized(std::make_shared<nf4::Nf4Weight>(
-          nf4::quantize(weights.lm_head.weight, quant.double_quant, pool)));
-    }
-    if (o.quant_lm_head && !weights.lm_head.quantized()) {
-      // A tied head is the embedding table, which the loader keeps dense; the bench quantizes a
-      // head of its own (the table stays bf16 for the embedding lookup), as llama.cpp keeps a
-      // separately quantized output matrix.
-      ThreadPool pool(o.threads);
       weights.lm_head = LinearWeight::quantized(std::make_shared<nf4::Nf4Weight>(
           nf4::quantize(weights.lm_head.weight, quant.double_quant, pool)));
     }

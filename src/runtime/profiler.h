@@ -37,6 +37,7 @@ class ProfilingBackend final : public Backend {
 
   std::string_view name() const override { return inner_->name(); }
   Device device() const override { return inner_->device(); }
+  DType preferred_kv_dtype() const override { return inner_->preferred_kv_dtype(); }
   Tensor alloc(DType dtype, Shape shape) override;
   Tensor upload(const Tensor& host) override;
   void copy_from_host(Tensor& dst, const void* src) override;
