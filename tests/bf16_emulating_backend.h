@@ -20,7 +20,9 @@
 
 namespace llamaq::test {
 
-inline float round_bf16(float x) { return bf16_to_float(float_to_bf16(x)); }
+inline float round_bf16(float x) {
+  return bf16_to_float(float_to_bf16(x));
+}
 
 inline Tensor rounded(const Tensor& x) {  // [...] f32 -> the same values rounded to bf16, f32
   Tensor out = Tensor::zeros(DType::F32, x.shape());
@@ -124,9 +126,7 @@ class Bf16EmulatingBackend : public Backend {
                      Tensor& losses) override {
     inner_->cross_entropy(logits, targets, normalizer, losses);
   }
-  double sum_of_squares(std::span<const Tensor> xs) override {
-    return inner_->sum_of_squares(xs);
-  }
+  double sum_of_squares(std::span<const Tensor> xs) override { return inner_->sum_of_squares(xs); }
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
                   const AdamWUpdate& update) override {
     inner_->adamw_step(param, grad, exp_avg, exp_avg_sq, update);

@@ -1,9 +1,10 @@
 // What the GPU's bf16 roundings cost in QLoRA training, measured on the CPU: the LoRA fixtures
-// run on the CPU backend with the CUDA backend's roundings emulated (tests/bf16_emulating_backend.h),
-// against PEFT's float64 references. Each rounding alone and both together; the errors are printed
-// and recorded, and tests/gpu/train_model_test.cpp bounds the GPU by the same emulation. Checked
-// here: the emulated arithmetic without its rounding meets the fp32 bound (the emulation itself is
-// right), and with it the errors are well above fp32 noise (the roundings take effect).
+// run on the CPU backend with the CUDA backend's roundings emulated
+// (tests/bf16_emulating_backend.h), against PEFT's float64 references. Each rounding alone and both
+// together; the errors are printed and recorded, and tests/gpu/train_model_test.cpp bounds the GPU
+// by the same emulation. Checked here: the emulated arithmetic without its rounding meets the fp32
+// bound (the emulation itself is right), and with it the errors are well above fp32 noise (the
+// roundings take effect).
 #include <cmath>
 
 #include "bf16_emulating_backend.h"
@@ -53,10 +54,10 @@ Errors measure(const std::string& name, Bf16Rounding rounding) {
   const int64_t per_row = logits.dim(1) * logits.dim(2);
   for (int64_t r = 0; r < 2; ++r) {
     const auto got = model.logits(row("input_ids", r));
-    e.logits = std::max(
-        e.logits, test::relative_error(std::vector<double>(got.begin(), got.end()),
-                                       std::vector<double>(all_logits.begin() + r * per_row,
-                                                           all_logits.begin() + (r + 1) * per_row)));
+    e.logits = std::max(e.logits, test::relative_error(
+                                      std::vector<double>(got.begin(), got.end()),
+                                      std::vector<double>(all_logits.begin() + r * per_row,
+                                                          all_logits.begin() + (r + 1) * per_row)));
   }
   model.zero_grad();
   double loss = 0;
@@ -75,8 +76,8 @@ Errors measure(const std::string& name, Bf16Rounding rounding) {
   }
   std::cout << "[ info ] " << name << " rounding gemm inputs " << rounding.gemm_inputs
             << ", attention " << rounding.attention << ", values rounded " << rounding.values
-            << ": loss " << e.loss << ", logits "
-            << e.logits << ", worst LoRA gradient " << e.gradient << " (relative to PEFT)\n";
+            << ": loss " << e.loss << ", logits " << e.logits << ", worst LoRA gradient "
+            << e.gradient << " (relative to PEFT)\n";
   return e;
 }
 

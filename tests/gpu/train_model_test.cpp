@@ -7,10 +7,11 @@
 // forward pass (logits within 1e-2, the bound of model_test.cpp) and again for dy in the backward
 // pass, so the LoRA gradients carry the error of both: 3e-2 relative. The mean loss averages the
 // per-token errors: 5e-3 relative. On the golden fixtures each of these is raised to twice what
-// the same roundings cost when emulated on the CPU, where that is more (kEmulationMargin below). The AdamW step, fed PEFT's own gradients, is fp32 like the CPU
-// test's: 1e-4. The few NF4 steps compare each step's loss within the loss bound plus an
-// absolute term for a confident model (derived at the check). Errors (with the worst element)
-// are printed and recorded as test properties for tightening.
+// the same roundings cost when emulated on the CPU, where that is more (kEmulationMargin below).
+// The AdamW step, fed PEFT's own gradients, is fp32 like the CPU test's: 1e-4. The few NF4 steps
+// compare each step's loss within the loss bound plus an absolute term for a confident model
+// (derived at the check). Errors (with the worst element) are printed and recorded as test
+// properties for tightening.
 #include <nlohmann/json.hpp>
 
 #include <cmath>
