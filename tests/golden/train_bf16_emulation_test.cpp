@@ -12,6 +12,7 @@
 #include "io/safetensors.h"
 #include "model/loader.h"
 #include "test_util.h"
+#include "train/adamw.h"
 #include "train/lora_model.h"
 
 namespace llamaq {
@@ -106,6 +107,59 @@ TEST_P(TrainBf16Emulation, RoundingsOfTheGpu) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, TrainBf16Emulation,
                          ::testing::Values("tiny-llama31", "tiny-hd128-sharded"),
                          test::fixture_param_name);
+
+// The few QLoRA steps of tests/gpu/train_model_test.cpp's FewNf4StepsMatchTheCpu (NF4 base,
+// dropout, clipping, AdamW at 1e-2) in fp32 and with the GPU's roundings: the per-step losses
+// printed show how far bf16 rounding alone moves them as Adam's steps compound; both runs must
+// still drive the loss down.
+TEST(TrainBf16EmulationSteps, Nf4StepsUnderRounding) {
+  const auto dir = test::model_dir("tiny-llama31");
+  const LlamaConfig config = load_llama_config(dir / "config.json");
+  const CheckpointTensors checkpoint = CheckpointTensors::open(dir);
+  LlamaWeights weights = bind_llama_weights(config, checkpoint);
+  LoadOptions quant;
+  quant.quantize_nf4 = true;
+  quantize_weights(weights, quant);
+  const LoraConfig lora = parse_lora_config(R"({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
+      "lora_dropout": 0.1, "target_modules": "all-linear"})",
+                                            "test");
+  const std::vector<int32_t> ids = {1, 17, 300, 5, 42, 99, 7, 256, 3, 11, 64, 128, 200, 31, 2};
+  std::vector<int32_t> labels = ids;
+  labels[0] = labels[1] = kIgnoreLabel;
+  std::vector<double> losses[2];
+  for (int run = 0; run < 2; ++run) {
+    Bf16EmulatingBackend backend({.gemm_inputs = run == 1, .attention = run == 1});
+    LoraTrainModel model(config, weights, backend);
+    model.init_lora(lora, 3);
+    std::vector<Tensor> params, grads;
+    for (LoraParam& p : model.params()) {
+      params.insert(params.end(), {p.a, p.b});
+      grads.insert(grads.end(), {p.grad_a, p.grad_b});
+    }
+    AdamW optimizer(backend, params);
+    AdamWOptions options;
+    options.lr = 1e-2;
+    for (int step = 0; step < 5; ++step) {
+      model.zero_grad();
+      model.set_dropout_key(uint64_t(step));
+      losses[run].push_back(model.accumulate_gradients(ids, labels, 13.0) / 13.0);
+      clip_grad_norm(backend, grads, 1.0);
+      optimizer.step(grads, options.lr, options);
+    }
+    EXPECT_LT(losses[run].back(), losses[run].front()) << "run " << run;
+    const std::vector<float> z = model.logits(ids);
+    double sum = 0;
+    for (const float v : z)
+      sum += double(v) * v;
+    std::cout << "[ info ] run " << run << ": final logits rms "
+              << std::sqrt(sum / double(z.size())) << "\n";
+  }
+  for (size_t s = 0; s < losses[0].size(); ++s) {
+    std::cout << "[ info ] step " << s + 1 << ": fp32 loss " << losses[0][s] << ", emulated bf16 "
+              << losses[1][s] << ", relative difference "
+              << std::abs(losses[1][s] - losses[0][s]) / losses[0][s] << "\n";
+  }
+}
 
 }  // namespace
 }  // namespace llamaq
