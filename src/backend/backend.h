@@ -156,8 +156,10 @@ class Backend {
                              const Tensor& inv_freq) = 0;  // [head_dim / 2] f32
 
   // Causal GQA attention of one contiguous sequence (key t is token t, positions 0..n-1).
-  // `out` is the forward output (FlashAttention-2 uses rowsum(dO * O); the CPU reference
-  // recomputes the probabilities and ignores it).
+  // `out` is the forward output, checked for shape but not read: both backends compute
+  // delta = sum_s P_s dP_s from their own fp32 P and dP rather than FlashAttention-2's
+  // rowsum(dO * O), which would carry the bf16 rounding of a tensor-core forward into
+  // dP - delta.
   virtual void attention_backward(const Tensor& q,      // [n, H, D] f32 (after RoPE)
                                   const Tensor& k,      // [n, Hkv, D] f32 (after RoPE)
                                   const Tensor& v,      // [n, Hkv, D] f32

@@ -2,6 +2,8 @@
 
 #include <cuda_runtime.h>
 
+#include <fmt/format.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -98,6 +100,21 @@ double relative_error(const std::vector<double>& a, const std::vector<double>& b
     ref += b[i] * b[i];
   }
   return std::sqrt(diff) / std::sqrt(ref);
+}
+
+std::string worst_element(const std::vector<double>& a, const std::vector<double>& b) {
+  size_t worst = 0;
+  double worst_diff = -1;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    const double diff = std::isnan(a[i]) ? INFINITY : std::abs(a[i] - b[i]);
+    if (diff > worst_diff) {
+      worst = i;
+      worst_diff = diff;
+    }
+  }
+  if (worst_diff < 0) return "no elements";
+  return fmt::format("worst element {} of {}: got {}, want {}", worst, a.size(), a[worst],
+                     b[worst]);
 }
 
 std::filesystem::path model_dir(const std::string& name) {

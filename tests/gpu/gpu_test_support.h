@@ -60,6 +60,10 @@ std::vector<double> host_values(Backend& gpu, const Tensor& t);
 // ||a - b|| / ||b||; NaN anywhere in `a` gives infinity.
 double relative_error(const std::vector<double>& a, const std::vector<double>& b);
 
+// "worst element i of N: got x, want y" for the element of largest |a - b| (NaN first), to show
+// where a failing comparison goes wrong.
+std::string worst_element(const std::vector<double>& a, const std::vector<double>& b);
+
 // Model fixtures: LLAMAQ_TEST_DATA_DIR from the environment when set (a prebuilt test binary run
 // from another checkout), else the source tree's tests/data.
 std::filesystem::path model_dir(const std::string& name);

@@ -1,17 +1,21 @@
 // Causal GQA attention backward for one contiguous sequence (key t is token t), FlashAttention-2
 // style: the probabilities are recomputed tile by tile from Q, K and the row log-sum-exp, never
 // stored whole.
-//  1. lse_kernel: one block per (16-query tile, head) runs the online softmax over its key tiles
-//     and writes lse = max + log(sum exp) of each query row.
-//  2. delta_kernel: one warp per (query, head): delta = rowsum(dO * O) (= sum_s P dP).
-//  3. attention_backward_kernel: one block per (16-key tile, KV head) keeps the tile's K and V in
+//  1. row_stats_kernel: one block per (16-query tile, head) runs the online softmax over its key
+//     tiles and writes lse = max + log(sum exp) of each query row, and with the same running
+//     weights delta = sum_s P_s dP_s (dP_s = dO . V_s).
+//  2. attention_backward_kernel: one block per (16-key tile, KV head) keeps the tile's K and V in
 //     shared memory and its dK, dV accumulators in registers, and walks the query tiles at or
 //     after it for every query head of its group: S = Q K^T * scale, P = exp(S - lse),
 //     dV += P^T dO, dP = dO V^T, dS = P (dP - delta) * scale, dK += dS^T Q, dQ += dS K (dQ by f32
 //     atomics, since every key tile adds to it).
-// fp32 throughout (a tensor-core version is the speed work still to come); head_dim <= 128.
+// delta is computed from P and dP, as the CPU reference does, not as rowsum(dO * O) from the
+// forward output: the training forward's attention runs on bf16 tensor cores, and an O rounded
+// there would make dP - delta (a difference of nearly equal terms) inconsistent with the fp32 P
+// and dP used here; with one key it would give dS = dP - delta != 0 where the exact value is 0.
+// The forward output is therefore not read. fp32 throughout (a tensor-core version is the speed
+// work still to come); head_dim <= 128.
 #include "backend/cuda/cuda_check.h"
-#include "backend/cuda/device_math.cuh"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/tensor_checks.h"
 
@@ -28,13 +32,12 @@ struct AttentionBackwardParams {
   const float* q;      // [n, H, D] f32
   const float* k;      // [n, Hkv, D] f32
   const float* v;      // [n, Hkv, D] f32
-  const float* out;    // [n, H, D] f32 forward output
   const float* d_out;  // [n, H, D] f32
   float* dq;           // [n, H, D] f32, zeroed, accumulated with atomics
   float* dk;           // [n, Hkv, D] f32
   float* dv;           // [n, Hkv, D] f32
   float* lse;          // [n, H] f32 scratch
-  float* delta;        // [n, H] f32 scratch
+  float* delta;        // [n, H] f32 scratch: sum_s P_s dP_s
   int n;
   int heads;
   int kv_heads;
@@ -60,27 +63,36 @@ __device__ float dot_rows(const float* a, const float* b, int head_dim) {
   return sum;
 }
 
-__global__ void __launch_bounds__(kThreads) lse_kernel(AttentionBackwardParams p) {
+__global__ void __launch_bounds__(kThreads) row_stats_kernel(AttentionBackwardParams p) {
   __shared__ float qs[kTile][kStride];
+  __shared__ float dos[kTile][kStride];
   __shared__ float ks[kTile][kStride];
+  __shared__ float vs[kTile][kStride];
   __shared__ float scores[kTile][kTile + 1];
+  __shared__ float d_probs[kTile][kTile + 1];  // dP = dO . V of each (query, key)
   __shared__ float row_max[kTile];
   __shared__ float row_sum[kTile];
+  __shared__ float row_dsum[kTile];  // sum_s exp(s - max) dP_s
   const int q0 = blockIdx.x * kTile, head = blockIdx.y, kv_head = head / (p.heads / p.kv_heads);
   const int qi = threadIdx.x / kTile, kj = threadIdx.x % kTile;
   load_tile(qs, p.q, q0, p.n, p.heads, head, p.head_dim);
+  load_tile(dos, p.d_out, q0, p.n, p.heads, head, p.head_dim);
   if (threadIdx.x < kTile) {
     row_max[threadIdx.x] = -INFINITY;
     row_sum[threadIdx.x] = 0;
+    row_dsum[threadIdx.x] = 0;
   }
   const int last_query = min(q0 + kTile, p.n) - 1;
   for (int k0 = 0; k0 <= last_query; k0 += kTile) {
     __syncthreads();  // the previous tile's scores and keys are consumed
     load_tile(ks, p.k, k0, p.n, p.kv_heads, kv_head, p.head_dim);
+    load_tile(vs, p.v, k0, p.n, p.kv_heads, kv_head, p.head_dim);
     __syncthreads();
     const int query = q0 + qi, key = k0 + kj;
-    scores[qi][kj] =
-        (query < p.n && key <= query) ? dot_rows(qs[qi], ks[kj], p.head_dim) * p.scale : -INFINITY;
+    const bool visible = query < p.n && key <= query;
+    // The same dot products, in the same order, as attention_backward_kernel's S and dP.
+    scores[qi][kj] = visible ? dot_rows(qs[qi], ks[kj], p.head_dim) * p.scale : -INFINITY;
+    d_probs[qi][kj] = visible ? dot_rows(dos[qi], vs[kj], p.head_dim) : 0.0f;
     __syncthreads();
     if (threadIdx.x < kTile) {
       const int r = threadIdx.x;
@@ -89,32 +101,26 @@ __global__ void __launch_bounds__(kThreads) lse_kernel(AttentionBackwardParams p
         tile_max = fmaxf(tile_max, scores[r][j]);
       const float new_max = fmaxf(row_max[r], tile_max);
       if (new_max != -INFINITY) {
-        float sum = row_max[r] == -INFINITY ? 0.0f : row_sum[r] * expf(row_max[r] - new_max);
-        for (int j = 0; j < kTile; ++j)
-          sum += expf(scores[r][j] - new_max);
+        const float rescale = row_max[r] == -INFINITY ? 0.0f : expf(row_max[r] - new_max);
+        float sum = row_sum[r] * rescale, dsum = row_dsum[r] * rescale;
+        for (int j = 0; j < kTile; ++j) {
+          const float weight = expf(scores[r][j] - new_max);  // 0 for a masked key
+          sum += weight;
+          dsum = fmaf(weight, d_probs[r][j], dsum);
+        }
         row_max[r] = new_max;
         row_sum[r] = sum;
+        row_dsum[r] = dsum;
       }
     }
   }
   __syncthreads();
   if (threadIdx.x < kTile && q0 + int(threadIdx.x) < p.n) {
     const int r = threadIdx.x;
-    p.lse[int64_t(q0 + r) * p.heads + head] = row_max[r] + logf(row_sum[r]);
+    const int64_t index = int64_t(q0 + r) * p.heads + head;
+    p.lse[index] = row_max[r] + logf(row_sum[r]);
+    p.delta[index] = row_dsum[r] / row_sum[r];
   }
-}
-
-__global__ void delta_kernel(AttentionBackwardParams p) {
-  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;  // query * H + head
-  const int lane = threadIdx.x % 32;
-  if (row >= int64_t(p.n) * p.heads) return;
-  const float* o = p.out + row * p.head_dim;
-  const float* d_o = p.d_out + row * p.head_dim;
-  float sum = 0;
-  for (int c = lane; c < p.head_dim; c += 32)
-    sum = fmaf(o[c], d_o[c], sum);
-  sum = warp_sum(sum);
-  if (lane == 0) p.delta[row] = sum;
 }
 
 __global__ void __launch_bounds__(kThreads) attention_backward_kernel(AttentionBackwardParams p) {
@@ -238,7 +244,6 @@ void attention_backward(CudaContext& ctx, const Tensor& q, const Tensor& k, cons
   const AttentionBackwardParams p{q.data_as<const float>(),
                                   k.data_as<const float>(),
                                   v.data_as<const float>(),
-                                  out.data_as<const float>(),
                                   d_out.data_as<const float>(),
                                   dq.data_as<float>(),
                                   dk.data_as<float>(),
@@ -251,11 +256,8 @@ void attention_backward(CudaContext& ctx, const Tensor& q, const Tensor& k, cons
                                   int(head_dim),
                                   float(1.0 / std::sqrt(double(head_dim)))};
   const unsigned tiles = unsigned((n + kTile - 1) / kTile);
-  lse_kernel<<<dim3(tiles, unsigned(heads)), kThreads, 0, ctx.stream()>>>(p);
-  check_launch(op, "lse_kernel");
-  const int64_t delta_threads = n * heads * 32;
-  delta_kernel<<<unsigned((delta_threads + 255) / 256), 256, 0, ctx.stream()>>>(p);
-  check_launch(op, "delta_kernel");
+  row_stats_kernel<<<dim3(tiles, unsigned(heads)), kThreads, 0, ctx.stream()>>>(p);
+  check_launch(op, "row_stats_kernel");
   attention_backward_kernel<<<dim3(tiles, unsigned(kv_heads)), kThreads, 0, ctx.stream()>>>(p);
   check_launch(op, "attention_backward_kernel");
 }
