@@ -108,15 +108,19 @@ TEST_F(CudaLinear, Nf4DequantizationIsBitExact) {
   };
   for (const Case& c : {Case{97, 320, true, DType::BF16, 64}, Case{7, 97, false, DType::BF16, 64},
                         Case{33, 95, true, DType::F16, 32}, Case{5, 513, true, DType::F32, 128},
-                        Case{600, 256, true, DType::BF16, 64}}) {
+                        Case{600, 256, true, DType::BF16, 64},
+                        // 1057 chunks of 32: a last warp with one chunk (staged kernel's tail)
+                        Case{1057, 32, true, DType::BF16, 32}, Case{33, 1024, false, DType::F32, 64}}) {
     SCOPED_TRACE(std::to_string(c.out) + "x" + std::to_string(c.in));
     const LinearWeight w = quantized(c.out, c.in, c.double_quant, c.dtype, c.block_size);
     const Tensor want = nf4::dequantize(*w.nf4, c.dtype, pool_);
-    Tensor got = gpu().alloc(c.dtype, {c.out, c.in});
-    cuda::dequantize_nf4(gpu().context(), *gpu().device_nf4(w.nf4), got);
-    std::vector<uint8_t> bytes(size_t(got.nbytes()));
-    gpu().copy_to_host(got, bytes.data());
-    EXPECT_EQ(std::memcmp(bytes.data(), want.data(), bytes.size()), 0);
+    for (const bool staged : {true, false}) {
+      Tensor got = gpu().alloc(c.dtype, {c.out, c.in});
+      cuda::dequantize_nf4(gpu().context(), *gpu().device_nf4(w.nf4), got, staged);
+      std::vector<uint8_t> bytes(size_t(got.nbytes()));
+      gpu().copy_to_host(got, bytes.data());
+      EXPECT_EQ(std::memcmp(bytes.data(), want.data(), bytes.size()), 0) << "staged " << staged;
+    }
   }
 }
 

@@ -147,13 +147,15 @@ void time_linears(cuda::CudaBackend& gpu) {
           2.0 * double(out * in) + activations, flops);
     }
     // The dequantizer alone: reads the NF4 weight, writes the bf16 matrix.
-    report(
-        shape_name("nf4 dequantize", out, in, 0),
-        [&](int i) {
-          Tensor d = gpu.nf4_workspace().dense(DType::BF16, out, in);
-          cuda::dequantize_nf4(gpu.context(), *nf4s[i % kCopies], d);
-        },
-        gpu, nf4_bytes(out, in) + 2.0 * double(out * in), 0);
+    for (const bool staged : {true, false}) {
+      report(
+          shape_name(staged ? "nf4 dequantize staged" : "nf4 dequantize direct", out, in, 0),
+          [&](int i) {
+            Tensor d = gpu.nf4_workspace().dense(DType::BF16, out, in);
+            cuda::dequantize_nf4(gpu.context(), *nf4s[i % kCopies], d, staged);
+          },
+          gpu, nf4_bytes(out, in) + 2.0 * double(out * in), 0);
+    }
   }
 }
 

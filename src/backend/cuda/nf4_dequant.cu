@@ -106,6 +106,46 @@ __global__ void __launch_bounds__(kThreads) nf4_dequantize32_kernel(Nf4Params p,
   }
 }
 
+// The same 32 values per lane, written through shared memory so that the warp's stores are
+// contiguous: lane l decodes chunk base + l (a 16-byte load; the warp reads 512 contiguous bytes)
+// into its slot of the warp's staging area, then the warp copies the staged 32 x 32 values to
+// `out` with 16-byte stores of consecutive addresses (512 bytes per store instruction), where the
+// direct kernel's lanes store 16 bytes 64 bytes apart.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) nf4_dequantize_staged_kernel(Nf4Params p, T* out) {
+  constexpr int kWarps = kThreads / 32;
+  constexpr int kVectorsPerLane = 32 * int(sizeof(T)) / 16;  // 16-byte vectors of 32 values
+  __shared__ float code_table[nf4::kCodes];
+  __shared__ float nested_map[nf4::kNestedCodes];
+  __shared__ uint4 stage[kWarps * 32 * kVectorsPerLane];
+  load_tables(p, code_table, nested_map);
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  uint4* warp_stage = stage + warp * 32 * kVectorsPerLane;
+  const int64_t chunks = p.rows * p.cols / 32;
+  const uint4* packed = reinterpret_cast<const uint4*>(p.packed);
+  uint4* out_vectors = reinterpret_cast<uint4*>(out);
+  for (int64_t base = (int64_t(blockIdx.x) * kWarps + warp) * 32; base < chunks;
+       base += int64_t(gridDim.x) * kWarps * 32) {
+    const int64_t i = base + lane;
+    if (i < chunks) {
+      const uint4 bytes = __ldg(packed + i);
+      const float scale = nf4_block_scale(p, nf4_block_of(p, 32 * i), nested_map);
+      T* dst = reinterpret_cast<T*>(warp_stage + lane * kVectorsPerLane);
+      store_word(bytes.x, scale, code_table, dst);
+      store_word(bytes.y, scale, code_table, dst + 8);
+      store_word(bytes.z, scale, code_table, dst + 16);
+      store_word(bytes.w, scale, code_table, dst + 24);
+    }
+    __syncwarp();
+    const int64_t valid = chunks - base < 32 ? chunks - base : 32;
+    const int vectors = int(valid) * kVectorsPerLane;
+    for (int v = lane; v < vectors; v += 32)
+      out_vectors[base * kVectorsPerLane + v] = warp_stage[v];
+    __syncwarp();
+  }
+}
+
 // Eight values (one 32-bit word of packed bytes) per thread; elements % 8 == 0.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) nf4_dequantize8_kernel(Nf4Params p, T* out) {
@@ -123,8 +163,12 @@ __global__ void __launch_bounds__(kThreads) nf4_dequantize8_kernel(Nf4Params p, 
 }
 
 template <typename T>
-void launch_dequantize(const Nf4Params& p, T* out, int64_t elements, cudaStream_t stream) {
-  if (elements % 32 == 0) {
+void launch_dequantize(const Nf4Params& p, T* out, int64_t elements, bool staged,
+                       cudaStream_t stream) {
+  if (elements % 32 == 0 && staged) {
+    nf4_dequantize_staged_kernel<T>
+        <<<grid_size(elements / 32, kThreads), kThreads, 0, stream>>>(p, out);
+  } else if (elements % 32 == 0) {
     nf4_dequantize32_kernel<T><<<grid_size(elements / 32, kThreads), kThreads, 0, stream>>>(p, out);
   } else if (elements % 8 == 0) {
     nf4_dequantize8_kernel<T><<<grid_size(elements / 8, kThreads), kThreads, 0, stream>>>(p, out);
@@ -137,7 +181,7 @@ void launch_dequantize(const Nf4Params& p, T* out, int64_t elements, cudaStream_
 
 }  // namespace
 
-void dequantize_nf4(CudaContext& ctx, const nf4::Nf4Weight& w, Tensor& out) {
+void dequantize_nf4(CudaContext& ctx, const nf4::Nf4Weight& w, Tensor& out, bool staged) {
   const char* op = "linear";
   require_on_device(out, op, "dequantized weight");
   require(out.dtype() == w.original_dtype && out.shape() == Shape{w.rows, w.cols}, op,
@@ -147,13 +191,13 @@ void dequantize_nf4(CudaContext& ctx, const nf4::Nf4Weight& w, Tensor& out) {
   const Nf4Params p = make_nf4_params(w);
   switch (w.original_dtype) {
     case DType::BF16:
-      launch_dequantize(p, out.data_as<__nv_bfloat16>(), w.elements(), ctx.stream());
+      launch_dequantize(p, out.data_as<__nv_bfloat16>(), w.elements(), staged, ctx.stream());
       break;
     case DType::F16:
-      launch_dequantize(p, out.data_as<__half>(), w.elements(), ctx.stream());
+      launch_dequantize(p, out.data_as<__half>(), w.elements(), staged, ctx.stream());
       break;
     default:
-      launch_dequantize(p, out.data_as<float>(), w.elements(), ctx.stream());
+      launch_dequantize(p, out.data_as<float>(), w.elements(), staged, ctx.stream());
       break;
   }
 }

@@ -58,7 +58,9 @@ void linear_nf4(CudaContext& ctx, const Tensor& x, const nf4::Nf4Weight& w, Tens
                 Nf4Path path = Nf4Path::Auto, Nf4Workspace* workspace = nullptr);
 // The whole NF4 weight dequantized to `out` ([rows, cols] of w.original_dtype), bit-exact with
 // nf4::dequantize.
-void dequantize_nf4(CudaContext& ctx, const nf4::Nf4Weight& w, Tensor& out);
+// `staged` (the default) writes through shared memory so a warp's stores are contiguous; false
+// takes the direct kernel (kept for the timing comparison).
+void dequantize_nf4(CudaContext& ctx, const nf4::Nf4Weight& w, Tensor& out, bool staged = true);
 // The fused GEMV's requirements on the layout (cols a multiple of 32, 16-byte aligned rows).
 bool nf4_gemv_supported(const nf4::Nf4Weight& w);
 
