@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_backend.h"
 #include "core/dtype.h"
 
 namespace llamaq::test {
@@ -45,10 +46,11 @@ struct Bf16Rounding {
 class Bf16EmulatingBackend : public Backend {
  public:
   explicit Bf16EmulatingBackend(Bf16Rounding rounding)
-      : inner_(make_cpu_backend(2)), rounding_(rounding) {}
+      : inner_(make_cpu_backend(2, cpu::Isa::Reference)), rounding_(rounding) {}
 
   std::string_view name() const override { return "cpu-bf16-emulation"; }
   Device device() const override { return Device::Cpu; }
+  DType preferred_kv_dtype() const override { return DType::F32; }  // as the CUDA backend
   Tensor alloc(DType dtype, Shape shape) override { return inner_->alloc(dtype, shape); }
   Tensor upload(const Tensor& host) override { return inner_->upload(host); }
   void copy_from_host(Tensor& dst, const void* src) override { inner_->copy_from_host(dst, src); }
@@ -62,10 +64,10 @@ class Bf16EmulatingBackend : public Backend {
   void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override {
     inner_->rmsnorm(x, weight, eps, out);
   }
-  // Up to 8 tokens the GPU's dense GEMV uses the f32 input as it is (dense_gemv.cu); the NF4
+  // For one token the GPU's dense GEMV uses the f32 input as it is (dense_gemv.cu); the NF4
   // path is treated like cuBLAS (its GEMV is for decode, which training does not do).
   void linear(const Tensor& x, const LinearWeight& w, Tensor& out) override {
-    const bool round = rounding_.gemm_inputs && bf16_gemm(w) && (w.quantized() || x.dim(0) > 8);
+    const bool round = rounding_.gemm_inputs && bf16_gemm(w) && (w.quantized() || x.dim(0) > 1);
     inner_->linear(round ? rounded(x) : x, w, out);
   }
   void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) override {
