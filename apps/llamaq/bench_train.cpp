@@ -77,7 +77,7 @@ void run_train_bench(const TrainBenchOptions& o, const TrainBenchTarget& t) {
   ModelOptions model_options;
   model_options.device = t.device;
   model_options.threads = t.threads;
-  const std::unique_ptr<Backend> backend = make_backend(model_options);
+  const std::unique_ptr<Backend> backend = make_training_backend(model_options);
   LlamaConfig config;
   LlamaWeights weights;
   std::optional<CheckpointTensors> checkpoint;

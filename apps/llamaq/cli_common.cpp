@@ -4,6 +4,7 @@
 #include <iostream>
 #include <random>
 
+#include "backend/cpu/cpu_backend.h"
 #include "core/error.h"
 #ifdef LLAMAQ_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
@@ -47,6 +48,11 @@ std::unique_ptr<Backend> make_backend(const ModelOptions& options) {
   }
   if (options.attention == "naive") fail("--attn naive is a GPU comparison (--device cuda)");
   return make_cpu_backend(options.threads);
+}
+
+std::unique_ptr<Backend> make_training_backend(const ModelOptions& options) {
+  if (options.device == "cpu") return make_cpu_backend(options.threads, cpu::Isa::Reference);
+  return make_backend(options);
 }
 
 LoadOptions load_options(const ModelOptions& options) {

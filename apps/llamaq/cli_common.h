@@ -31,6 +31,9 @@ struct ModelOptions {
 
 // The backend the options ask for; cuda needs a build with nvcc.
 std::unique_ptr<Backend> make_backend(const ModelOptions& options);
+// For training: on the CPU the fp32 reference path, whose forward is exactly what the backward
+// differentiates (the fast path quantizes activations to int8 for NF4 weights).
+std::unique_ptr<Backend> make_training_backend(const ModelOptions& options);
 
 void add_model_options(CLI::App& command, ModelOptions& options);
 LoadOptions load_options(const ModelOptions& options);

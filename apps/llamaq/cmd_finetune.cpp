@@ -47,7 +47,7 @@ void run(FinetuneCliOptions o) {
   ModelOptions device;
   device.device = o.device;
   device.threads = t.threads;
-  const std::unique_ptr<Backend> backend = make_backend(device);
+  const std::unique_ptr<Backend> backend = make_training_backend(device);
   std::signal(SIGINT, on_interrupt);
   const TrainSummary s = run_training(t, *backend, log_line);
   std::signal(SIGINT, SIG_DFL);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <random>
 
+#include "backend/cpu/cpu_backend.h"
 #include "backend/mix64.h"
 #include "core/error.h"
 #include "model/rope.h"
@@ -65,7 +66,9 @@ struct LoraTrainModel::Cache {
 };
 
 LoraTrainModel::LoraTrainModel(LlamaConfig config, LlamaWeights base, int threads)
-    : owned_backend_(make_cpu_backend(threads)),
+    // The fp32 reference path: the forward must be what the backward differentiates (the fast CPU
+    // path quantizes activations to int8 for NF4 weights).
+    : owned_backend_(make_cpu_backend(threads, cpu::Isa::Reference)),
       backend_(*owned_backend_),
       config_(std::move(config)),
       base_(upload_base(backend_, base)) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "backend/cpu/cpu_backend.h"
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/resources.h"
@@ -161,7 +162,9 @@ void setup(Run& run) {
 void request_training_stop() { g_stop_requested = true; }
 
 TrainSummary run_training(const TrainOptions& o, const std::function<void(const std::string&)>& log) {
-  const std::unique_ptr<Backend> cpu = make_cpu_backend(o.threads);
+  // The fp32 reference path: training's forward must be the function its backward differentiates
+  // (the fast CPU path quantizes activations to int8 for NF4 weights).
+  const std::unique_ptr<Backend> cpu = make_cpu_backend(o.threads, cpu::Isa::Reference);
   return run_training(o, *cpu, log);
 }
 
