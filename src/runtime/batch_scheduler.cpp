@@ -226,23 +226,26 @@ void BatchScheduler::step(int model) {
   if (batch.empty()) return;
   const Tensor logits = models_[size_t(model)]->forward_batch(cache_, inputs, LogitsFor::LastToken);
   const int64_t vocab = logits.shape()[1];
-  std::vector<float> host(size_t(logits.numel()));  // [batch, vocab] f32
-  models_[size_t(model)]->backend().copy_to_host(logits, host.data());
+  // [batch, vocab] f32, reused from step to step (grown once, never cleared: the copy fills it).
+  if (host_logits_.size() < size_t(logits.numel())) host_logits_.resize(size_t(logits.numel()));
+  models_[size_t(model)]->backend().copy_to_host(logits, host_logits_.data());
   steps_.fetch_add(1);
 
-  std::vector<Active*> sampling;
+  std::vector<std::pair<Active*, size_t>> sampling;  // with its row of the logits
   for (size_t i = 0; i < batch.size(); ++i) {
     Active& a = *batch[i];
     if (a.prefilling()) a.prompt_done += int64_t(inputs[i].ids.size());
     if (a.prefilling()) continue;  // mid-prompt: these logits are not used
-    a.logits.assign(host.begin() + ptrdiff_t(i) * vocab, host.begin() + ptrdiff_t(i + 1) * vocab);
-    sampling.push_back(&a);
+    sampling.emplace_back(&a, i);
   }
-  // Sampling is per sequence and independent: spread it over the cores (a 128k-vocabulary draw
-  // costs about a millisecond, which 32 sequences would otherwise add to every step).
+  // Sampling is per sequence and independent: spread it, and the copy of each row, over the
+  // cores (a 128k-vocabulary draw costs about a millisecond, which 32 sequences would otherwise
+  // add to every step).
   sampling_pool_->parallel_for(int64_t(sampling.size()), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      Active& a = *sampling[size_t(i)];
+      Active& a = *sampling[size_t(i)].first;
+      const auto row = host_logits_.begin() + ptrdiff_t(sampling[size_t(i)].second) * vocab;
+      a.logits.assign(row, row + vocab);
       const LogitAdjustments& adj = a.request.adjustments;
       if (!adj.empty()) {
         for (const auto& [id, bias] : adj.bias)
@@ -257,7 +260,7 @@ void BatchScheduler::step(int model) {
       a.next_token = a.sampler.sample(a.logits, a.history);
     }
   });
-  for (Active* a : sampling)
+  for (const auto& [a, row] : sampling)
     emit(*a, a->logits);
 }
 

@@ -142,6 +142,7 @@ class BatchScheduler {
   std::atomic<int64_t> steps_{0};
   std::atomic<int64_t> generated_{0};
   std::unique_ptr<ThreadPool> sampling_pool_;
+  std::vector<float> host_logits_;  // [batch, vocab] f32: the last step's logits (model thread)
   std::thread thread_;
 };
 
