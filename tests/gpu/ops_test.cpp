@@ -59,8 +59,10 @@ TEST_F(CudaOps, EmbeddingReportsAnOutOfRangeIdAtTheNextSynchronization) {
 }
 
 TEST_F(CudaOps, RmsnormMatchesTheCpu) {
-  for (DType dtype : {DType::BF16, DType::F32}) {
-    for (int64_t d : {97, 4096}) {
+  // 12 and 4096: the register-cached kernel (mostly idle threads / every thread full); 97 (not a
+  // multiple of 4) and 8192 (wider than the cache): the generic kernel.
+  for (DType dtype : {DType::BF16, DType::F16, DType::F32}) {
+    for (int64_t d : {12, 97, 4096, 8192}) {
       const Tensor weight = gpu_test::random_tensor(dtype, {d}, rng);
       for (int64_t n : kTokenCounts) {
         const Tensor x = gpu_test::random_tensor(DType::F32, {n, d}, rng, 3.0f);
