@@ -82,10 +82,9 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_cached_kernel(RmsnormParams 
     const int i = threadIdx.x + j * kThreads;
     if (i >= vecs) break;
     const float4 w = load_weight4(weight, int64_t(i) * 4);
-    row_out[i] = make_float4(__fmul_rn(w.x, __fmul_rn(v[j].x, inv_rms)),
-                             __fmul_rn(w.y, __fmul_rn(v[j].y, inv_rms)),
-                             __fmul_rn(w.z, __fmul_rn(v[j].z, inv_rms)),
-                             __fmul_rn(w.w, __fmul_rn(v[j].w, inv_rms)));
+    row_out[i] = make_float4(
+        __fmul_rn(w.x, __fmul_rn(v[j].x, inv_rms)), __fmul_rn(w.y, __fmul_rn(v[j].y, inv_rms)),
+        __fmul_rn(w.z, __fmul_rn(v[j].z, inv_rms)), __fmul_rn(w.w, __fmul_rn(v[j].w, inv_rms)));
   }
 }
 
