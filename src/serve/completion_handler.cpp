@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "serve/client_connection.h"
 #include "serve/openai_json.h"
 #include "serve/text_stream.h"
 #include "serve/token_channel.h"
@@ -176,18 +177,45 @@ void submit(const ServeContext& ctx, BatchRequest b, const std::shared_ptr<Token
   }
 }
 
-void respond_whole(Call& call, httplib::Response& res) {
+// Logged for a non-streamed request whose client left before its answer: nginx's "client closed
+// request" status, as no status reached the client.
+ApiError disconnected_error() {
+  return ApiError(499, "invalid_request_error", "client disconnected (cancelled)", "",
+                  "client_disconnected");
+}
+
+// How often a non-streamed request checks that its client is still connected.
+constexpr std::chrono::milliseconds kClientCheckInterval{150};
+
+// The text of the whole generation. Checks the client's connection every interval while it
+// waits: a client that has gone has its generation cancelled (its slot and KV blocks freed at
+// the scheduler's next step).
+std::string wait_for_text(Call& call, const ClientConnection& client) {
   std::string text;
   std::deque<TokenEvent> events;
+  Clock::time_point next_check = Clock::now() + kClientCheckInterval;
   for (;;) {
-    const TokenChannel::Wait w = call.channel->take(events, call.deadline);
-    if (w == TokenChannel::Wait::TimedOut) {
+    const TokenChannel::Wait w = call.channel->take(events, std::min(call.deadline, next_check));
+    if (w == TokenChannel::Wait::Done) return text;
+    text += call.consume(events);
+    const Clock::time_point now = Clock::now();
+    if (now >= call.deadline) {
       call.channel->cancel();
       throw timeout_error(call.ctx);
     }
-    if (w == TokenChannel::Wait::Done) break;
-    text += call.consume(events);
+    if (now >= next_check) {
+      if (client.closed()) {
+        call.channel->cancel();
+        throw disconnected_error();
+      }
+      next_check = now + kClientCheckInterval;
+    }
   }
+}
+
+void respond_whole(Call& call, const httplib::Request& req, httplib::Response& res) {
+  const ClientConnection client({req.local_addr, req.local_port, req.remote_addr, req.remote_port});
+  std::string text = wait_for_text(call, client);
   const BatchOutcome& o = call.channel->outcome();
   if (o.reason == FinishReason::Error) throw outcome_error(o);
   text += call.text.finish();
@@ -301,7 +329,7 @@ void handle_completion(const ServeContext& ctx, Endpoint endpoint, const httplib
     return;
   }
   try {
-    respond_whole(*call, res);
+    respond_whole(*call, req, res);
   } catch (...) {
     call->channel->cancel();
     log.completion_tokens = call->completion_tokens;

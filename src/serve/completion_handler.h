@@ -9,9 +9,10 @@
 
 namespace llamaq::serve {
 
-// Fills `res` (or installs a stream provider on it). Throws ApiError for a bad request. For a
-// stream, `log` is handed to `log_sink` when the stream ends and `log.status` is set to 0 here
-// so the caller does not log it twice.
+// Fills `res` (or installs a stream provider on it). Throws ApiError for a bad request, and with
+// status 499 when the client of a non-streamed request disconnects (its generation cancelled).
+// For a stream, `log` is handed to `log_sink` when the stream ends and `log.status` is set to 0
+// here so the caller does not log it twice.
 void handle_completion(const ServeContext& ctx, Endpoint endpoint, const httplib::Request& req,
                        httplib::Response& res, RequestLog& log, const LogSink& log_sink);
 

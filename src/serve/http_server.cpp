@@ -126,8 +126,9 @@ void HttpServer::log(const RequestLog& e) {
                        e.prompt_tokens, e.completion_tokens, seconds, e.note.empty() ? "" : " ",
                        e.note);
   }
+  line += '\n';
   std::lock_guard lock(log_mutex_);
-  std::cerr << line << std::endl;
+  std::cerr << line << std::flush;  // one write: no other stderr text can split the line
 }
 
 void HttpServer::add_routes() {

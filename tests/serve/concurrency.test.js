@@ -1,11 +1,11 @@
-// Continuous batching under concurrent clients: 8 streams at once, a client that aborts mid-stream
-// (its slot and KV blocks are freed), 503 with Retry-After on a full queue, SIGTERM with
-// requests in flight, and --timeout.
+// Continuous batching under concurrent clients: 8 streams at once, clients that abort mid-stream
+// or while waiting for a whole answer (their slots and KV blocks are freed), 503 with Retry-After
+// on a full queue, SIGTERM with requests in flight, and --timeout.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import OpenAI from 'openai';
 import {
-  MODEL_NAME, NO_EOS, client, collectChat, http, startServer, waitForHealth,
+  MODEL_NAME, NO_EOS, client, collectChat, http, startServer, waitForHealth, waitForLog,
 } from './harness.js';
 
 const greedy = (content, max_tokens) => ({
@@ -62,7 +62,38 @@ test('aborting mid-stream cancels the generation and frees its KV blocks', async
     }
     assert.equal(chunks, 3);
     await waitForHealth(server, idle, 'the aborted request to leave the batch');
-    assert.match(server.stderr, /POST \/v1\/chat\/completions 200 .*client disconnected/);
+    // A stream is logged when httplib lets go of it, which may come a moment after it left the batch.
+    await waitForLog(server, /POST \/v1\/chat\/completions 200 .*client disconnected \(cancelled\)/);
+    // The server keeps serving.
+    const r = await openai.chat.completions.create(greedy('Still there?', 3));
+    assert.equal(r.choices.length, 1);
+  } finally {
+    assert.deepEqual(await server.stop(), { code: 0, signal: null }, server.stderr);
+  }
+});
+
+test('a client that leaves before its whole (non-streamed) answer has its generation cancelled', async () => {
+  const server = await startServer(['--max-batch', '2', '--ctx', '8192']);
+  try {
+    const openai = client(server);
+    // Thousands of tokens, many seconds of generation: far longer than the test waits.
+    const maxTokens = 8000;
+    const { stream, ...whole } = endless('Tell me everything');
+    const controller = new AbortController();
+    const answer = openai.chat.completions.create({ ...whole, max_tokens: maxTokens }, { signal: controller.signal })
+      .then(() => null, (e) => e);
+    await waitForHealth(server, (h) => h.requests_active === 1 && h.generated_tokens > 0, 'the request to generate');
+    controller.abort();
+    const error = await answer;
+    assert.ok(error instanceof OpenAI.APIUserAbortError, String(error));
+    // The server notices within a fraction of a second and cancels at its next step.
+    const h = await waitForHealth(server, idle, 'the abandoned request to be cancelled', 10_000);
+    assert.ok(h.generated_tokens < maxTokens, `it ran to the end: ${JSON.stringify(h)}`);
+    // Logged once, as nginx logs a client that closed its request: 499.
+    const line = /POST \/v1\/chat\/completions 499 prompt=\d+ completion=(\d+) [\d.]+s client disconnected \(cancelled\)/;
+    await waitForLog(server, line);
+    assert.ok(Number(line.exec(server.stderr)[1]) < maxTokens);
+    assert.equal(server.stderr.match(/POST \/v1\/chat\/completions /g).length, 1, server.stderr);
     // The server keeps serving.
     const r = await openai.chat.completions.create(greedy('Still there?', 3));
     assert.equal(r.choices.length, 1);

@@ -35,6 +35,8 @@ export async function startServer(args = [], { env = process.env } = {}) {
     server.exit = { code, signal };
     resolve(server.exit);
   }));
+  // Resolves once stderr is closed too: server.stderr then holds everything the server wrote.
+  server.closed = new Promise((resolve) => proc.on('close', resolve));
   const port = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`server not ready after ${START_TIMEOUT_MS} ms:\n${server.stderr}`)),
       START_TIMEOUT_MS);
@@ -94,6 +96,16 @@ export async function waitForHealth(server, predicate, what, timeoutMs = 60_000)
     await new Promise((r) => setImmediate(r));
   }
   throw new Error(`timed out waiting for ${what}; last /health: ${JSON.stringify(last)}`);
+}
+
+// Waits until the server's stderr matches `pattern` (a request is logged when its answer is
+// complete, which a client may see a moment before the line arrives).
+export async function waitForLog(server, pattern, timeoutMs = 10_000) {
+  const end = Date.now() + timeoutMs;
+  while (!pattern.test(server.stderr)) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${pattern} in the server log:\n${server.stderr}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 // Text `llamaq generate` prints for a prompt (greedy), the reference for the server's output.
