@@ -6,9 +6,9 @@
 namespace llamaq {
 namespace {
 
-LinearWeight upload(Backend& backend, const LinearWeight& w) {
+LinearWeight upload(Backend& backend, const LinearWeight& w, LoraBranches branches) {
   LinearWeight out = backend.upload_linear(w);
-  if (w.lora) {
+  if (w.lora && branches == LoraBranches::Upload) {
     auto lora = std::make_shared<LoraWeights>(*w.lora);
     lora->a = backend.upload(w.lora->a);
     lora->b_scaled = backend.upload(w.lora->b_scaled);
@@ -18,29 +18,29 @@ LinearWeight upload(Backend& backend, const LinearWeight& w) {
   return out;
 }
 
-LlamaWeights upload_weights(Backend& backend, const LlamaWeights& host) {
+}  // namespace
+
+LlamaWeights upload_weights(Backend& backend, const LlamaWeights& host, LoraBranches lora) {
   LlamaWeights w;
   w.embed_tokens = backend.upload(host.embed_tokens);
   for (const LayerWeights& h : host.layers) {
     LayerWeights l;
     l.input_norm = backend.upload(h.input_norm);
-    l.q_proj = upload(backend, h.q_proj);
-    l.k_proj = upload(backend, h.k_proj);
-    l.v_proj = upload(backend, h.v_proj);
-    l.o_proj = upload(backend, h.o_proj);
+    l.q_proj = upload(backend, h.q_proj, lora);
+    l.k_proj = upload(backend, h.k_proj, lora);
+    l.v_proj = upload(backend, h.v_proj, lora);
+    l.o_proj = upload(backend, h.o_proj, lora);
     l.post_attention_norm = backend.upload(h.post_attention_norm);
-    l.gate_proj = upload(backend, h.gate_proj);
-    l.up_proj = upload(backend, h.up_proj);
-    l.down_proj = upload(backend, h.down_proj);
+    l.gate_proj = upload(backend, h.gate_proj, lora);
+    l.up_proj = upload(backend, h.up_proj, lora);
+    l.down_proj = upload(backend, h.down_proj, lora);
     w.layers.push_back(std::move(l));
   }
   w.final_norm = backend.upload(host.final_norm);
   const bool tied = host.lm_head.weight.data() == host.embed_tokens.data();
-  w.lm_head = tied ? LinearWeight::dense(w.embed_tokens) : upload(backend, host.lm_head);
+  w.lm_head = tied ? LinearWeight::dense(w.embed_tokens) : upload(backend, host.lm_head, lora);
   return w;
 }
-
-}  // namespace
 
 // Scratch activations for one forward call of n tokens.
 struct LlamaModel::Activations {

@@ -16,6 +16,15 @@ namespace llamaq {
 
 enum class LogitsFor { LastToken, AllTokens };
 
+// Whether upload_weights copies the LoRA branches of the host weights (inference with merged-in
+// adapters) or leaves them behind (a training model, which owns its adapters).
+enum class LoraBranches { Upload, Drop };
+
+// The weights on `backend` (for the CPU backend, the host tensors themselves); a tied LM head
+// stays the uploaded embedding table.
+LlamaWeights upload_weights(Backend& backend, const LlamaWeights& host,
+                            LoraBranches lora = LoraBranches::Upload);
+
 // The next tokens of one sequence in a batched forward pass.
 struct SequenceInput {
   int seq;

@@ -7,6 +7,7 @@
 #include "backend/cpu/cpu_backend.h"
 #include "backend/mix64.h"
 #include "core/error.h"
+#include "model/llama_model.h"
 #include "model/rope.h"
 
 namespace llamaq {
@@ -34,21 +35,7 @@ Tensor host_f32(Shape shape) {
 // The frozen base on the backend (host tensors as they are on the CPU). A LoRA branch of a loaded
 // adapter is not part of the trainable model and is not uploaded.
 LlamaWeights upload_base(Backend& b, const LlamaWeights& host) {
-  LlamaWeights w;
-  w.embed_tokens = b.upload(host.embed_tokens);
-  for (const LayerWeights& h : host.layers) {
-    LayerWeights l;
-    l.input_norm = b.upload(h.input_norm);
-    l.post_attention_norm = b.upload(h.post_attention_norm);
-    for (int p = 0; p < kProjCount; ++p) {
-      projection(l, p) = b.upload_linear(projection(h, p));
-    }
-    w.layers.push_back(std::move(l));
-  }
-  w.final_norm = b.upload(host.final_norm);
-  const bool tied = host.lm_head.weight.data() == host.embed_tokens.data();
-  w.lm_head = tied ? LinearWeight::dense(w.embed_tokens) : b.upload_linear(host.lm_head);
-  return w;
+  return upload_weights(b, host, LoraBranches::Drop);
 }
 
 }  // namespace
@@ -72,17 +59,17 @@ LoraTrainModel::LoraTrainModel(LlamaConfig config, LlamaWeights base, int thread
       backend_(*owned_backend_),
       config_(std::move(config)),
       base_(upload_base(backend_, base)) {
-  for (const LayerWeights& w : base_.layers)
-    layers_.push_back(Layer{&w, {}});
-  for (Layer& l : layers_)
-    l.lora.fill(-1);
-  const std::vector<float> inv_freq = rope_inv_freq(config_);
-  inv_freq_ = backend_.alloc(DType::F32, {int64_t(inv_freq.size())});
-  backend_.copy_from_host(inv_freq_, inv_freq.data());
+  init_layers();
 }
 
 LoraTrainModel::LoraTrainModel(LlamaConfig config, const LlamaWeights& base, Backend& backend)
     : backend_(backend), config_(std::move(config)), base_(upload_base(backend_, base)) {
+  init_layers();
+}
+
+LoraTrainModel::~LoraTrainModel() = default;
+
+void LoraTrainModel::init_layers() {
   for (const LayerWeights& w : base_.layers)
     layers_.push_back(Layer{&w, {}});
   for (Layer& l : layers_)
@@ -91,8 +78,6 @@ LoraTrainModel::LoraTrainModel(LlamaConfig config, const LlamaWeights& base, Bac
   inv_freq_ = backend_.alloc(DType::F32, {int64_t(inv_freq.size())});
   backend_.copy_from_host(inv_freq_, inv_freq.data());
 }
-
-LoraTrainModel::~LoraTrainModel() = default;
 
 void LoraTrainModel::add_param(size_t layer, int projection, std::string module,
                                const Tensor& host_a, const Tensor& host_b, float scale) {

@@ -69,6 +69,7 @@ class LoraTrainModel {
 
  private:
   struct Layer;
+  void init_layers();  // the per-layer slots (no adapters yet) and the RoPE frequencies
   void add_param(size_t layer, int projection, std::string module, const Tensor& host_a,
                  const Tensor& host_b, float scale);
   double head(const Tensor& x, std::span<const int32_t> labels, double normalizer, Tensor* dx,

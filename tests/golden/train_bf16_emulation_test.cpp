@@ -11,6 +11,7 @@
 #include "io/peft_adapter.h"
 #include "io/safetensors.h"
 #include "model/loader.h"
+#include "lora_fixture.h"
 #include "test_util.h"
 #include "train/adamw.h"
 #include "train/lora_model.h"
@@ -114,12 +115,9 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, TrainBf16Emulation,
 // still drive the loss down.
 TEST(TrainBf16EmulationSteps, Nf4StepsUnderRounding) {
   const auto dir = test::model_dir("tiny-llama31");
-  const LlamaConfig config = load_llama_config(dir / "config.json");
-  const CheckpointTensors checkpoint = CheckpointTensors::open(dir);
-  LlamaWeights weights = bind_llama_weights(config, checkpoint);
-  LoadOptions quant;
-  quant.quantize_nf4 = true;
-  quantize_weights(weights, quant);
+  test::Nf4FixtureModel base(dir);
+  const LlamaConfig& config = base.config;
+  LlamaWeights& weights = base.weights;
   const LoraConfig lora = parse_lora_config(R"({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
       "lora_dropout": 0.1, "target_modules": "all-linear"})",
                                             "test");

@@ -6,6 +6,7 @@
 #include "io/peft_adapter.h"
 #include "io/safetensors.h"
 #include "model/loader.h"
+#include "lora_fixture.h"
 #include "test_util.h"
 #include "train/adamw.h"
 #include "train/lora_model.h"
@@ -16,33 +17,19 @@ namespace {
 // fp32 against float64 through the whole model and its backward pass: the acceptance bound.
 constexpr double kTolerance = 1e-4;
 
-struct Fixture {
+struct Fixture : test::LoraReferenceBatch {
   std::string name;
   LlamaConfig config;
   CheckpointTensors checkpoint;
-  SafetensorsFile ref;
   std::unique_ptr<LoraTrainModel> model;
 
   explicit Fixture(std::string model_name)
-      : name(std::move(model_name)),
+      : LoraReferenceBatch(test::model_dir(model_name)),
+        name(std::move(model_name)),
         config(load_llama_config(test::model_dir(name) / "config.json")),
-        checkpoint(CheckpointTensors::open(test::model_dir(name))),
-        ref(SafetensorsFile::open(test::model_dir(name) / "lora" / "reference.safetensors")) {
+        checkpoint(CheckpointTensors::open(test::model_dir(name))) {
     model = std::make_unique<LoraTrainModel>(config, bind_llama_weights(config, checkpoint), 2);
     model->load_lora(load_peft_adapter(test::model_dir(name) / "lora"));
-  }
-  std::vector<int32_t> row(const std::string& tensor, int64_t r) const {
-    const Tensor t = ref.tensor(tensor);
-    const auto all = test::to_doubles(t);
-    return {all.begin() + r * t.dim(1), all.begin() + (r + 1) * t.dim(1)};
-  }
-  int64_t targets() const {
-    int64_t count = 0;
-    for (int64_t r = 0; r < 2; ++r) {
-      const auto labels = row("labels", r);
-      for (size_t t = 1; t < labels.size(); ++t) count += labels[t] != kIgnoreLabel;
-    }
-    return count;
   }
 };
 
@@ -114,12 +101,9 @@ TEST_P(TrainGradients, LoraGradientsMatchFiniteDifferencesThroughNf4) {
   // The whole backward pass over an NF4 base (dequantized tile by tile) against central
   // differences of the loss: the check that needs no reference implementation.
   const auto dir = test::model_dir("tiny-llama31");
-  const LlamaConfig config = load_llama_config(dir / "config.json");
-  const CheckpointTensors checkpoint = CheckpointTensors::open(dir);
-  LlamaWeights weights = bind_llama_weights(config, checkpoint);
-  LoadOptions quant;
-  quant.quantize_nf4 = true;
-  quantize_weights(weights, quant);
+  test::Nf4FixtureModel base(dir);
+  const LlamaConfig& config = base.config;
+  LlamaWeights& weights = base.weights;
   LoraTrainModel model(config, weights, 2);
   LoraConfig lora = parse_lora_config(R"({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
       "target_modules": "all-linear"})", "test");

@@ -21,6 +21,7 @@
 #include "io/peft_adapter.h"
 #include "io/safetensors.h"
 #include "model/loader.h"
+#include "lora_fixture.h"
 #include "test_util.h"
 #include "train/adamw.h"
 #include "train/lora_model.h"
@@ -54,17 +55,16 @@ std::vector<double> host_f64(Backend& b, const Tensor& t) {
   return gpu_test::host_values(b, t);
 }
 
-struct Fixture {
+struct Fixture : test::LoraReferenceBatch {
   std::string name;
   LlamaConfig config;
   CheckpointTensors checkpoint;
-  SafetensorsFile ref;
 
   explicit Fixture(std::string model_name)
-      : name(std::move(model_name)),
+      : LoraReferenceBatch(gpu_test::model_dir(model_name)),
+        name(std::move(model_name)),
         config(load_llama_config(gpu_test::model_dir(name) / "config.json")),
-        checkpoint(CheckpointTensors::open(gpu_test::model_dir(name))),
-        ref(SafetensorsFile::open(gpu_test::model_dir(name) / "lora" / "reference.safetensors")) {}
+        checkpoint(CheckpointTensors::open(gpu_test::model_dir(name))) {}
 
   std::unique_ptr<LoraTrainModel> model(Backend& backend) const {
     auto m =
@@ -72,20 +72,7 @@ struct Fixture {
     m->load_lora(load_peft_adapter(gpu_test::model_dir(name) / "lora"));
     return m;
   }
-  std::vector<int32_t> row(const std::string& tensor, int64_t r) const {
-    const Tensor t = ref.tensor(tensor);
-    const auto all = test::to_doubles(t);
-    return {all.begin() + r * t.dim(1), all.begin() + (r + 1) * t.dim(1)};
-  }
-  double targets() const {
-    int64_t count = 0;
-    for (int64_t r = 0; r < 2; ++r) {
-      const auto labels = row("labels", r);
-      for (size_t t = 1; t < labels.size(); ++t)
-        count += labels[t] != kIgnoreLabel;
-    }
-    return double(count);
-  }
+  double targets() const { return double(LoraReferenceBatch::targets()); }
   // Mean loss over the reference batch, gradients accumulated into the model.
   double loss_and_gradients(LoraTrainModel& m) const {
     m.zero_grad();
@@ -235,12 +222,9 @@ class GpuTraining : public gpu_test::GpuTest {};
 // Adam's step size of each other), and the GPU run drives the loss down.
 TEST_F(GpuTraining, FewNf4StepsMatchTheCpu) {
   const auto dir = gpu_test::model_dir("tiny-llama31");
-  const LlamaConfig config = load_llama_config(dir / "config.json");
-  const CheckpointTensors checkpoint = CheckpointTensors::open(dir);
-  LlamaWeights weights = bind_llama_weights(config, checkpoint);
-  LoadOptions quant;
-  quant.quantize_nf4 = true;
-  quantize_weights(weights, quant);
+  test::Nf4FixtureModel base(dir);
+  const LlamaConfig& config = base.config;
+  LlamaWeights& weights = base.weights;
   LoraConfig lora = parse_lora_config(R"({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
       "lora_dropout": 0.1, "target_modules": "all-linear"})",
                                       "test");

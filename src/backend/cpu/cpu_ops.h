@@ -16,6 +16,8 @@ float dot_f32(const float* a, const float* b, int64_t n);
 void embedding(ThreadPool& pool, const Tensor& table, const Tensor& ids, Tensor& out);
 void rmsnorm(ThreadPool& pool, const Tensor& x, const Tensor& weight, float eps, Tensor& out);
 void linear(ThreadPool& pool, const Tensor& x, const LinearWeight& w, Tensor& out);
+// Fails naming the shapes unless x is [n, in] and out [n, out] for w [out, in] (both linears).
+void check_linear_shapes(const Tensor& x, const LinearWeight& w, const Tensor& out);
 void rope(ThreadPool& pool, Tensor& x, const Tensor& positions, const Tensor& inv_freq);
 void kv_store(const Tensor& k, const Tensor& v, const Tensor& positions, const KvLayerView& kv);
 void attention(ThreadPool& pool, const Tensor& q, const Tensor& positions, const KvLayerView& kv,

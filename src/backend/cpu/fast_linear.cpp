@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "backend/cpu/cpu_ops.h"
 #include "core/error.h"
 
 namespace llamaq::cpu {
@@ -156,10 +157,7 @@ void fast_linear(ThreadPool& pool, const KernelTable& kernels, const Tensor& x,
   const int64_t n = x.dim(0);
   const int64_t in = w.in_features();
   const int64_t out_features = w.out_features();
-  if (x.dim(1) != in || out.dim(0) != n || out.dim(1) != out_features) {
-    fail("cpu linear: x {} and out {} do not fit weight [{}, {}]", shape_to_string(x.shape()),
-         shape_to_string(out.shape()), out_features, in);
-  }
+  check_linear_shapes(x, w, out);
   if (!fast_linear_applies(w)) fail("cpu fast linear: this weight needs the reference linear");
   float* ys = out.data_as<float>();
   if (w.nf4) {

@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/tile_loop.h"
 
 namespace llamaq::cpu {
 namespace {
@@ -81,26 +82,13 @@ void nf4_tile(const Nf4Rows& w, const Q8Activations& x, int64_t r0, int64_t t0, 
   }
 }
 
-template <int R>
-void nf4_rows_tokens(const Nf4Rows& w, const Q8Activations& x, int64_t r0, __m256i table,
-                     float* out, int64_t out_stride) {
-  int64_t t = 0;
-  for (; t + kNf4TokenTile <= x.n_tokens; t += kNf4TokenTile) {
-    nf4_tile<R, kNf4TokenTile>(w, x, r0, t, table, out, out_stride);
-  }
-  for (; t < x.n_tokens; ++t)
-    nf4_tile<R, 1>(w, x, r0, t, table, out, out_stride);
-}
-
 void nf4_avx2(const Nf4Rows& w, const Q8Activations& x, float* out, int64_t out_stride) {
   const __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.codes));
   const __m256i table = _mm256_broadcastsi128_si256(codes);
-  int64_t r = 0;
-  for (; r + kNf4RowTile <= w.n_rows; r += kNf4RowTile) {
-    nf4_rows_tokens<kNf4RowTile>(w, x, r, table, out, out_stride);
-  }
-  for (; r < w.n_rows; ++r)
-    nf4_rows_tokens<1>(w, x, r, table, out, out_stride);
+  for_each_tile<kNf4RowTile, kNf4TokenTile>(0, w.n_rows, x.n_tokens,
+                                            [&]<int R, int T>(int64_t r, int64_t t) {
+                                              nf4_tile<R, T>(w, x, r, t, table, out, out_stride);
+                                            });
 }
 
 inline __m256 load_bf16(const uint16_t* src) {
@@ -141,25 +129,12 @@ void bf16_tile(const uint16_t* w, int64_t cols, int64_t r0, const float* x, int6
   }
 }
 
-template <int R>
-void bf16_rows_tokens(const uint16_t* w, int64_t cols, int64_t r0, const float* x, int64_t n_tokens,
-                      float* out, int64_t out_stride) {
-  int64_t t = 0;
-  for (; t + kBf16TokenTile <= n_tokens; t += kBf16TokenTile) {
-    bf16_tile<R, kBf16TokenTile>(w, cols, r0, x, t, out, out_stride);
-  }
-  for (; t < n_tokens; ++t)
-    bf16_tile<R, 1>(w, cols, r0, x, t, out, out_stride);
-}
-
 void bf16_avx2(const uint16_t* w, int64_t cols, int64_t row_begin, int64_t n_rows, const float* x,
                int64_t n_tokens, float* out, int64_t out_stride) {
-  int64_t r = row_begin;
-  for (; r + kBf16RowTile <= row_begin + n_rows; r += kBf16RowTile) {
-    bf16_rows_tokens<kBf16RowTile>(w, cols, r, x, n_tokens, out, out_stride);
-  }
-  for (; r < row_begin + n_rows; ++r)
-    bf16_rows_tokens<1>(w, cols, r, x, n_tokens, out, out_stride);
+  for_each_tile<kBf16RowTile, kBf16TokenTile>(row_begin, row_begin + n_rows, n_tokens,
+                                              [&]<int R, int T>(int64_t r, int64_t t) {
+                                                bf16_tile<R, T>(w, cols, r, x, t, out, out_stride);
+                                              });
 }
 
 }  // namespace

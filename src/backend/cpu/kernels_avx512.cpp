@@ -14,6 +14,7 @@
 #endif
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/tile_loop.h"
 
 namespace llamaq::cpu {
 namespace {
@@ -84,40 +85,16 @@ void nf4_tile(const Nf4Rows& w, const Q8Activations& x, int64_t r0, int64_t t0, 
   }
 }
 
-template <int R>
-void nf4_rows_tokens(const Nf4Rows& w, const Q8Activations& x, int64_t r0, __m512i table,
-                     float* out, int64_t out_stride) {
-  int64_t t = 0;
-  for (; t + kTokenTile <= x.n_tokens; t += kTokenTile) {
-    nf4_tile<R, kTokenTile>(w, x, r0, t, table, out, out_stride);
-  }
-  switch (x.n_tokens - t) {
-    case 3:
-      nf4_tile<R, 3>(w, x, r0, t, table, out, out_stride);
-      break;
-    case 2:
-      nf4_tile<R, 2>(w, x, r0, t, table, out, out_stride);
-      break;
-    case 1:
-      nf4_tile<R, 1>(w, x, r0, t, table, out, out_stride);
-      break;
-    default:
-      break;
-  }
-}
-
 void nf4_avx512(const Nf4Rows& w, const Q8Activations& x, float* out, int64_t out_stride) {
   alignas(16) uint8_t biased[16];
   for (int i = 0; i < 16; ++i)
     biased[i] = uint8_t(int(w.codes[i]) + 128);
   const __m512i table =
       _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(biased)));
-  int64_t r = 0;
-  for (; r + kRowTile <= w.n_rows; r += kRowTile) {
-    nf4_rows_tokens<kRowTile>(w, x, r, table, out, out_stride);
-  }
-  for (; r < w.n_rows; ++r)
-    nf4_rows_tokens<1>(w, x, r, table, out, out_stride);
+  for_each_tile<kRowTile, kTokenTile>(0, w.n_rows, x.n_tokens,
+                                      [&]<int R, int T>(int64_t r, int64_t t) {
+                                        nf4_tile<R, T>(w, x, r, t, table, out, out_stride);
+                                      });
 }
 
 // 16 bf16 values (the first `count` of them when count < 16) widened to f32.
@@ -151,25 +128,12 @@ void bf16_tile(const uint16_t* w, int64_t cols, int64_t r0, const float* x, int6
   }
 }
 
-template <int R>
-void bf16_rows_tokens(const uint16_t* w, int64_t cols, int64_t r0, const float* x, int64_t n_tokens,
-                      float* out, int64_t out_stride) {
-  int64_t t = 0;
-  for (; t + kTokenTile <= n_tokens; t += kTokenTile) {
-    bf16_tile<R, kTokenTile>(w, cols, r0, x, t, out, out_stride);
-  }
-  for (; t < n_tokens; ++t)
-    bf16_tile<R, 1>(w, cols, r0, x, t, out, out_stride);
-}
-
 void bf16_avx512(const uint16_t* w, int64_t cols, int64_t row_begin, int64_t n_rows, const float* x,
                  int64_t n_tokens, float* out, int64_t out_stride) {
-  int64_t r = row_begin;
-  for (; r + kRowTile <= row_begin + n_rows; r += kRowTile) {
-    bf16_rows_tokens<kRowTile>(w, cols, r, x, n_tokens, out, out_stride);
-  }
-  for (; r < row_begin + n_rows; ++r)
-    bf16_rows_tokens<1>(w, cols, r, x, n_tokens, out, out_stride);
+  for_each_tile<kRowTile, kTokenTile>(row_begin, row_begin + n_rows, n_tokens,
+                                      [&]<int R, int T>(int64_t r, int64_t t) {
+                                        bf16_tile<R, T>(w, cols, r, x, t, out, out_stride);
+                                      });
 }
 
 }  // namespace

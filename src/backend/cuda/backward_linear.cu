@@ -7,35 +7,13 @@
 //   gradients, whose inner dimension is the rank or the tokens.
 // Row-major A[m, k] is the column-major [k, m] matrix A^T, so each row-major product is computed
 // as its transpose in column-major terms.
-#include <cublas_v2.h>
-
+#include "backend/cuda/cublas_gemm.h"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/tensor_checks.h"
 
 namespace llamaq::cuda {
 namespace {
-
-cudaDataType_t cuda_type(DType dtype) {
-  switch (dtype) {
-    case DType::BF16:
-      return CUDA_R_16BF;
-    case DType::F16:
-      return CUDA_R_16F;
-    default:
-      return CUDA_R_32F;
-  }
-}
-
-// Column-major C[m, n] = alpha op(A) op(B) + beta C, fp32 accumulation and f32 C.
-void gemm(CudaContext& ctx, const char* op, cublasOperation_t op_a, cublasOperation_t op_b, int m,
-          int n, int k, const void* a, cudaDataType_t type, int lda, const void* b, int ldb,
-          float beta, float* c, int ldc) {
-  const float alpha = 1.0f;
-  check_cublas(cublasGemmEx(ctx.cublas(), op_a, op_b, m, n, k, &alpha, a, type, lda, b, type, ldb,
-                            &beta, c, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               op, "cublasGemmEx");
-}
 
 void require_f32_matrix(const Tensor& t, const char* op, const char* name) {
   require_tensor(t, DType::F32, 2, op, name);
@@ -48,14 +26,14 @@ void backward_input_gemm(CudaContext& ctx, const Tensor& dy, const Tensor& weigh
   const int out = checked_int(weight.dim(0), op, "out_features");
   const int in = checked_int(weight.dim(1), op, "in_features");
   if (weight.dtype() == DType::F32) {
-    gemm(ctx, op, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weight.data(), CUDA_R_32F, in, dy.data(),
-         out, 0.0f, dx.data_as<float>(), in);
+    gemm_f32_out(ctx, op, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weight.data(), CUDA_R_32F, in,
+                 dy.data(), out, 0.0f, dx.data_as<float>(), in);
     return;
   }
   Tensor dy16 = ctx.empty(weight.dtype(), dy.shape(), op);
   convert_activations(ctx, dy, dy16, op);
-  gemm(ctx, op, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weight.data(), cuda_type(weight.dtype()), in,
-       dy16.data(), out, 0.0f, dx.data_as<float>(), in);
+  gemm_f32_out(ctx, op, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weight.data(),
+               cuda_data_type(weight.dtype()), in, dy16.data(), out, 0.0f, dx.data_as<float>(), in);
 }
 
 void check_backward_input(const Tensor& dy, int64_t out, int64_t in, const Tensor& dx) {
@@ -118,8 +96,8 @@ void matmul_tn(CudaContext& ctx, const Tensor& a, const Tensor& b, Tensor& c, bo
     }
     return;
   }
-  gemm(ctx, op, CUBLAS_OP_N, CUBLAS_OP_T, q, p, n, b.data(), CUDA_R_32F, q, a.data(), p,
-       accumulate ? 1.0f : 0.0f, c.data_as<float>(), q);
+  gemm_f32_out(ctx, op, CUBLAS_OP_N, CUBLAS_OP_T, q, p, n, b.data(), CUDA_R_32F, q, a.data(), p,
+               accumulate ? 1.0f : 0.0f, c.data_as<float>(), q);
 }
 
 // c^T[q, n] = b^T[q, p] a^T[p, n]: both row-major operands are their column-major transposes.
@@ -140,8 +118,8 @@ void matmul_nn(CudaContext& ctx, const Tensor& a, const Tensor& b, Tensor& c) {
                "cudaMemsetAsync");
     return;
   }
-  gemm(ctx, op, CUBLAS_OP_N, CUBLAS_OP_N, q, n, p, b.data(), CUDA_R_32F, q, a.data(), p, 0.0f,
-       c.data_as<float>(), q);
+  gemm_f32_out(ctx, op, CUBLAS_OP_N, CUBLAS_OP_N, q, n, p, b.data(), CUDA_R_32F, q, a.data(), p,
+               0.0f, c.data_as<float>(), q);
 }
 
 }  // namespace llamaq::cuda

@@ -3,8 +3,7 @@
 // activations are rounded to the weight's type in a scratch buffer and multiplied with fp32
 // accumulation and f32 output (cublasGemmEx, CUBLAS_COMPUTE_32F). f32 weights: plain fp32 GEMM
 // (the handle's default math mode, so no TF32).
-#include <cublas_v2.h>
-
+#include "backend/cuda/cublas_gemm.h"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/tensor_checks.h"
@@ -12,28 +11,12 @@
 namespace llamaq::cuda {
 namespace {
 
-cudaDataType_t cuda_type(DType dtype) {
-  switch (dtype) {
-    case DType::BF16:
-      return CUDA_R_16BF;
-    case DType::F16:
-      return CUDA_R_16F;
-    default:
-      return CUDA_R_32F;
-  }
-}
-
 // Row-major out = x w^T is column-major out^T = w x^T: cuBLAS sees W as op(A) = A^T with A the
 // [in, out] column-major view of W, and x^T as the [in, n] column-major view of x.
 void gemm(CudaContext& ctx, const void* x, const Tensor& weight, float* out, int n, int in,
           int out_features) {
-  const float alpha = 1.0f;
-  const float beta = 0.0f;
-  const cudaDataType_t type = cuda_type(weight.dtype());
-  check_cublas(cublasGemmEx(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, out_features, n, in, &alpha,
-                            weight.data(), type, in, x, type, in, &beta, out, CUDA_R_32F,
-                            out_features, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               "linear", "cublasGemmEx");
+  gemm_f32_out(ctx, "linear", CUBLAS_OP_T, CUBLAS_OP_N, out_features, n, in, weight.data(),
+               cuda_data_type(weight.dtype()), in, x, in, 0.0f, out, out_features);
 }
 
 }  // namespace

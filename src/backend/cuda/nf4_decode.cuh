@@ -12,6 +12,19 @@
 
 namespace llamaq::cuda {
 
+// Copies the code table and (double quantization) the nested absmax code map into shared
+// memory with the block's kThreads threads, then synchronizes the block.
+template <int kThreads>
+__device__ __forceinline__ void nf4_load_tables(const Nf4Params& p, float* code_table,
+                                                float* nested_map) {
+  if (threadIdx.x < nf4::kCodes) code_table[threadIdx.x] = p.code_table[threadIdx.x];
+  if (p.double_quant) {
+    for (int i = threadIdx.x; i < nf4::kNestedCodes; i += kThreads)
+      nested_map[i] = p.nested_map[i];
+  }
+  __syncthreads();
+}
+
 // Block of flattened element k.
 __device__ __forceinline__ unsigned nf4_block_of(const Nf4Params& p, int64_t k) {
   return unsigned(k >> p.block_shift);

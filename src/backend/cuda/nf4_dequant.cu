@@ -33,22 +33,12 @@ struct OutputType<float> {
   static __device__ float from(float v) { return v; }
 };
 
-__device__ __forceinline__ void load_tables(const Nf4Params& p, float* code_table,
-                                            float* nested_map) {
-  if (threadIdx.x < nf4::kCodes) code_table[threadIdx.x] = p.code_table[threadIdx.x];
-  if (p.double_quant) {
-    for (int i = threadIdx.x; i < nf4::kNestedCodes; i += kThreads)
-      nested_map[i] = p.nested_map[i];
-  }
-  __syncthreads();
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads) nf4_dequantize_kernel(Nf4Params p, T* out) {
   constexpr Nf4Rounding R = OutputType<T>::kRounding;
   __shared__ float code_table[nf4::kCodes];
   __shared__ float nested_map[nf4::kNestedCodes];
-  load_tables(p, code_table, nested_map);
+  nf4_load_tables<kThreads>(p, code_table, nested_map);
   const int64_t elements = p.rows * p.cols;
   const int64_t bytes = (elements + 1) / 2;
   for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < bytes;
@@ -85,24 +75,29 @@ __device__ __forceinline__ void store_word(unsigned word, float scale, const flo
     dst[j] = src[j];
 }
 
-// 32 values (16 packed bytes, one 16-byte load) per thread; elements % 32 == 0, so the 32 values
-// share one quantization block (block sizes are multiples of 32).
+// The 32 values of 16-byte chunk i (one quantization block: block sizes are multiples of 32) into
+// dst[0..31].
+template <typename T>
+__device__ __forceinline__ void store_chunk(const Nf4Params& p, int64_t i, const float* code_table,
+                                            const float* nested_map, T* dst) {
+  const uint4 bytes = __ldg(reinterpret_cast<const uint4*>(p.packed) + i);
+  const float scale = nf4_block_scale(p, nf4_block_of(p, 32 * i), nested_map);
+  store_word(bytes.x, scale, code_table, dst);
+  store_word(bytes.y, scale, code_table, dst + 8);
+  store_word(bytes.z, scale, code_table, dst + 16);
+  store_word(bytes.w, scale, code_table, dst + 24);
+}
+
+// 32 values (16 packed bytes, one 16-byte load) per thread; elements % 32 == 0.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) nf4_dequantize32_kernel(Nf4Params p, T* out) {
   __shared__ float code_table[nf4::kCodes];
   __shared__ float nested_map[nf4::kNestedCodes];
-  load_tables(p, code_table, nested_map);
+  nf4_load_tables<kThreads>(p, code_table, nested_map);
   const int64_t chunks = p.rows * p.cols / 32;
-  const uint4* packed = reinterpret_cast<const uint4*>(p.packed);
   for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < chunks;
        i += int64_t(gridDim.x) * kThreads) {
-    const uint4 bytes = __ldg(packed + i);
-    const float scale = nf4_block_scale(p, nf4_block_of(p, 32 * i), nested_map);
-    T* dst = out + 32 * i;
-    store_word(bytes.x, scale, code_table, dst);
-    store_word(bytes.y, scale, code_table, dst + 8);
-    store_word(bytes.z, scale, code_table, dst + 16);
-    store_word(bytes.w, scale, code_table, dst + 24);
+    store_chunk(p, i, code_table, nested_map, out + 32 * i);
   }
 }
 
@@ -118,24 +113,18 @@ __global__ void __launch_bounds__(kThreads) nf4_dequantize_staged_kernel(Nf4Para
   __shared__ float code_table[nf4::kCodes];
   __shared__ float nested_map[nf4::kNestedCodes];
   __shared__ uint4 stage[kWarps * 32 * kVectorsPerLane];
-  load_tables(p, code_table, nested_map);
+  nf4_load_tables<kThreads>(p, code_table, nested_map);
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   uint4* warp_stage = stage + warp * 32 * kVectorsPerLane;
   const int64_t chunks = p.rows * p.cols / 32;
-  const uint4* packed = reinterpret_cast<const uint4*>(p.packed);
   uint4* out_vectors = reinterpret_cast<uint4*>(out);
   for (int64_t base = (int64_t(blockIdx.x) * kWarps + warp) * 32; base < chunks;
        base += int64_t(gridDim.x) * kWarps * 32) {
     const int64_t i = base + lane;
     if (i < chunks) {
-      const uint4 bytes = __ldg(packed + i);
-      const float scale = nf4_block_scale(p, nf4_block_of(p, 32 * i), nested_map);
-      T* dst = reinterpret_cast<T*>(warp_stage + lane * kVectorsPerLane);
-      store_word(bytes.x, scale, code_table, dst);
-      store_word(bytes.y, scale, code_table, dst + 8);
-      store_word(bytes.z, scale, code_table, dst + 16);
-      store_word(bytes.w, scale, code_table, dst + 24);
+      store_chunk(p, i, code_table, nested_map,
+                  reinterpret_cast<T*>(warp_stage + lane * kVectorsPerLane));
     }
     __syncwarp();
     const int64_t valid = chunks - base < 32 ? chunks - base : 32;
@@ -151,7 +140,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) nf4_dequantize8_kernel(Nf4Params p, T* out) {
   __shared__ float code_table[nf4::kCodes];
   __shared__ float nested_map[nf4::kNestedCodes];
-  load_tables(p, code_table, nested_map);
+  nf4_load_tables<kThreads>(p, code_table, nested_map);
   const int64_t words = p.rows * p.cols / 8;
   const unsigned* packed = reinterpret_cast<const unsigned*>(p.packed);
   for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < words;

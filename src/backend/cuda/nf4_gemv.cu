@@ -45,12 +45,7 @@ struct GemvLayout {
 __device__ __forceinline__ void fill_tables(const Nf4Params& p, uint32_t* table,
                                             float* nested_map) {
   __shared__ float codes[nf4::kCodes];
-  if (threadIdx.x < nf4::kCodes) codes[threadIdx.x] = p.code_table[threadIdx.x];
-  if (p.double_quant) {
-    for (int i = threadIdx.x; i < nf4::kNestedCodes; i += kThreads)
-      nested_map[i] = p.nested_map[i];
-  }
-  __syncthreads();
+  nf4_load_tables<kThreads>(p, codes, nested_map);
   // Byte b holds element 2i in its high nibble: the lower column goes to the low half.
   for (int i = threadIdx.x; i < kTableWords / 4; i += kThreads) {
     const int byte = i / 8;  // 8 uint4 (32 lanes) per byte value

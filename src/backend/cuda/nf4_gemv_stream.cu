@@ -43,12 +43,7 @@ __device__ __forceinline__ uint32_t stream_load(const uint32_t* p) {
 // The lane-private byte table and the nested absmax code map.
 __device__ __forceinline__ void fill_tables(const Nf4Params& p, float2* table, float* nested_map) {
   __shared__ float codes[nf4::kCodes];
-  if (threadIdx.x < nf4::kCodes) codes[threadIdx.x] = p.code_table[threadIdx.x];
-  if (p.double_quant) {
-    for (int i = threadIdx.x; i < nf4::kNestedCodes; i += kThreads)
-      nested_map[i] = p.nested_map[i];
-  }
-  __syncthreads();
+  nf4_load_tables<kThreads>(p, codes, nested_map);
   // Byte b holds the lower (even) column in its high nibble: that value goes to .x.
   // Two lanes' copies per 16-byte store (entries 2i and 2i + 1 belong to the same byte).
   for (int i = threadIdx.x; i < kTableEntries / 2; i += kThreads) {

@@ -2,16 +2,13 @@
 
 #include <string>
 
+#include "backend/cuda/cublas_gemm.h"
 #include "backend/cuda/cuda_check.h"
 
 namespace llamaq::cuda {
 namespace {
 
 constexpr const char* kOp = "linear";
-
-cudaDataType_t cuda_type(DType dtype) {
-  return dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_16F;
-}
 
 template <typename T>
 void set_attribute(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attribute,
@@ -53,7 +50,7 @@ const Nf4Workspace::Plan& Nf4Workspace::plan(DType dtype, int n, int in, int out
     lt_workspace_ = ctx_.empty(DType::U8, {int64_t(kLtWorkspaceBytes)}, kOp).owner();
   }
   Plan p;
-  const cudaDataType_t type = cuda_type(dtype);
+  const cudaDataType_t type = cuda_data_type(dtype);
   check_cublas(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), kOp,
                "cublasLtMatmulDescCreate");
   set_attribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, CUBLAS_OP_T);

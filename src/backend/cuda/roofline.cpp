@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "backend/cuda/cublas_gemm.h"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_context.h"
 
@@ -41,9 +42,9 @@ double copy_bandwidth(CudaContext& ctx) {
   const Tensor src = ctx.zeros(DType::U8, {int64_t(kBytes)}, "roofline");
   Tensor dst = ctx.zeros(DType::U8, {int64_t(kBytes)}, "roofline");
   const double ms = median_ms(ctx, [&] {
-    check_cuda(cudaMemcpyAsync(dst.data(), src.data(), kBytes, cudaMemcpyDeviceToDevice,
-                               ctx.stream()),
-               "roofline", "cudaMemcpyAsync");
+    check_cuda(
+        cudaMemcpyAsync(dst.data(), src.data(), kBytes, cudaMemcpyDeviceToDevice, ctx.stream()),
+        "roofline", "cudaMemcpyAsync");
   });
   return 2.0 * double(kBytes) / (ms * 1e-3) / 1e9;
 }
@@ -53,12 +54,9 @@ double gemm_rate(CudaContext& ctx) {
   const Tensor a = ctx.zeros(DType::BF16, {kN, kN}, "roofline");
   const Tensor b = ctx.zeros(DType::BF16, {kN, kN}, "roofline");
   Tensor c = ctx.zeros(DType::F32, {kN, kN}, "roofline");
-  const float alpha = 1, beta = 0;
   const double ms = median_ms(ctx, [&] {
-    check_cublas(cublasGemmEx(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, kN, kN, kN, &alpha, a.data(),
-                              CUDA_R_16BF, kN, b.data(), CUDA_R_16BF, kN, &beta, c.data(),
-                              CUDA_R_32F, kN, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                 "roofline", "cublasGemmEx");
+    gemm_f32_out(ctx, "roofline", CUBLAS_OP_T, CUBLAS_OP_N, kN, kN, kN, a.data(), CUDA_R_16BF, kN,
+                 b.data(), kN, 0.0f, c.data_as<float>(), kN);
   });
   return 2.0 * double(kN) * kN * kN / (ms * 1e-3) / 1e12;
 }

@@ -3,6 +3,10 @@
 // double and rounded to fp32. One block per token: the block computes its cos/sin table once in
 // shared memory, then rotates every head. Products and sums are rounded one by one (no FMA
 // contraction), so the result is bit-identical to the CPU reference.
+//
+// rope_backward rotates by -angle (the gradient of a rotation is the inverse rotation): the same
+// kernel with the sine table negated, which rounds exactly as the CPU's backward (a*c + b*s is
+// a*c - b*(-s) bit for bit).
 #include "backend/cuda/ops.h"
 #include "backend/cuda/tensor_checks.h"
 
@@ -12,13 +16,14 @@ namespace {
 constexpr int kThreads = 256;
 
 struct RopeParams {
-  float* x;                  // [n, heads, head_dim] f32, rotated in place
+  float* x;                  // [n, heads, head_dim] f32, rotated in place (or its gradient)
   const int32_t* positions;  // [n] i32
   const float* inv_freq;     // [head_dim / 2] f32
   int heads;
   int half;  // head_dim / 2
 };
 
+template <bool kInverse>
 __global__ void __launch_bounds__(kThreads) rope_kernel(RopeParams p) {
   extern __shared__ float table[];  // cos [half], then sin [half]
   float* cos_v = table;
@@ -29,7 +34,7 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(RopeParams p) {
     double s, c;
     sincos(double(__fmul_rn(pos, p.inv_freq[j])), &s, &c);
     cos_v[j] = float(c);
-    sin_v[j] = float(s);
+    sin_v[j] = kInverse ? -float(s) : float(s);
   }
   __syncthreads();
   const int head_dim = 2 * p.half;
@@ -45,17 +50,10 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(RopeParams p) {
   }
 }
 
-void launch_rope(const RopeParams& p, int64_t n, cudaStream_t stream) {
-  const size_t shared = 2 * size_t(p.half) * sizeof(float);
-  rope_kernel<<<unsigned(n), kThreads, shared, stream>>>(p);
-  check_launch("rope", "rope_kernel");
-}
-
-}  // namespace
-
-void rope(CudaContext& ctx, Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
-  const char* op = "rope";
-  require_tensor(x, DType::F32, 3, op, "x");
+// Rotates x by +angle, or by -angle when `inverse`; `op` names the caller in errors.
+void rotate(CudaContext& ctx, Tensor& x, const Tensor& positions, const Tensor& inv_freq,
+            bool inverse, const char* op) {
+  require_tensor(x, DType::F32, 3, op, inverse ? "grad" : "x");
   const int64_t n = x.dim(0);
   require(x.dim(2) % 2 == 0, op, "head_dim must be even");
   require_tensor(positions, DType::I32, 1, op, "positions");
@@ -67,7 +65,24 @@ void rope(CudaContext& ctx, Tensor& x, const Tensor& positions, const Tensor& in
   checked_int(x.numel(), op, "elements");
   const RopeParams p{x.data_as<float>(), positions.data_as<const int32_t>(),
                      inv_freq.data_as<const float>(), int(x.dim(1)), int(x.dim(2) / 2)};
-  launch_rope(p, n, ctx.stream());
+  const size_t shared = 2 * size_t(p.half) * sizeof(float);
+  if (inverse) {
+    rope_kernel<true><<<unsigned(n), kThreads, shared, ctx.stream()>>>(p);
+  } else {
+    rope_kernel<false><<<unsigned(n), kThreads, shared, ctx.stream()>>>(p);
+  }
+  check_launch(op, "rope_kernel");
+}
+
+}  // namespace
+
+void rope(CudaContext& ctx, Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
+  rotate(ctx, x, positions, inv_freq, /*inverse=*/false, "rope");
+}
+
+void rope_backward(CudaContext& ctx, Tensor& grad, const Tensor& positions,
+                   const Tensor& inv_freq) {
+  rotate(ctx, grad, positions, inv_freq, /*inverse=*/true, "rope_backward");
 }
 
 }  // namespace llamaq::cuda
