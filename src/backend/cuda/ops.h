@@ -69,7 +69,7 @@ bool nf4_gemv_supported(const nf4::Nf4Weight& w);
 // backward_rmsnorm.cu
 void rmsnorm_backward(CudaContext& ctx, const Tensor& x, const Tensor& weight, float eps,
                       const Tensor& dy, Tensor& dx);
-// backward_rope.cu
+// rope.cu (the forward kernel rotating by -angle)
 void rope_backward(CudaContext& ctx, Tensor& grad, const Tensor& positions,
                    const Tensor& inv_freq);
 // backward_attention.cu: FlashAttention-2 backward (log-sum-exp pass, then one block per key tile
