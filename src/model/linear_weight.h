@@ -22,6 +22,8 @@ struct LinearWeight {
   Tensor weight;                              // dense [out, in] bf16 | f16 | f32; empty if NF4
   std::shared_ptr<const nf4::Nf4Weight> nf4;  // set when the weight is 4-bit
   std::shared_ptr<const LoraWeights> lora;    // optional adapter on top of either
+  // NF4 on the CPU: the block scales decoded once when the backend takes the weight (optional).
+  std::shared_ptr<const nf4::HalfScales> half_scales;
 
   static LinearWeight dense(Tensor w) {
     LinearWeight out;

@@ -347,6 +347,23 @@ std::vector<float> block_scales(const Nf4Weight& w) {
   return scales;
 }
 
+HalfScales half_scales(const Nf4Weight& w) {
+  const std::vector<float> scales = block_scales(w);
+  float largest = 0;
+  for (float s : scales)
+    largest = std::max(largest, std::fabs(s));
+  // 2^k * largest in [2^14, 2^15): below fp16's maximum (65504), above it by at most 2x.
+  // (k is capped where 2^-k would leave float's range; such scales are zero in all but name.)
+  const int k = largest > 0 ? std::min(14 - std::ilogb(largest), 100) : 0;
+  HalfScales out;
+  out.half = Tensor::zeros(DType::F16, {int64_t(scales.size())});
+  out.unscale = std::ldexp(1.0f, -k);
+  auto* half = out.half.data_as<uint16_t>();
+  for (size_t b = 0; b < scales.size(); ++b)
+    half[b] = float_to_fp16(std::ldexp(scales[b], k));
+  return out;
+}
+
 void dequantize_rows(const Nf4Weight& w, int64_t row_begin, int64_t count, float* out) {
   check_layout(w);
   if (row_begin < 0 || count < 0 || row_begin + count > w.rows) {

@@ -20,6 +20,9 @@ Nf4Weight quantize(const Tensor& weight, bool double_quant, ThreadPool& pool,
 // The float32 scale of every block (the dequantized absmax).
 std::vector<float> block_scales(const Nf4Weight& w);
 
+// The same scales rounded to fp16 (see HalfScales).
+HalfScales half_scales(const Nf4Weight& w);
+
 // Dequantizes rows [row_begin, row_begin + count) into `out` ([count, cols] f32). Each value is
 // code_table[code] * scale in float32, rounded to w.original_dtype as bitsandbytes does, then
 // widened. Decodes the scales it needs itself: no per-weight state, safe from many threads.

@@ -151,6 +151,32 @@ TEST_F(CodecEdges, LargeValuesGiveFiniteOutput) {
   }
 }
 
+// fp16 block scales (what the CPU fast linear reads): each is the float32 scale within fp16's
+// rounding, whatever the weights' magnitude (fp16 alone would overflow at 3e38 and lose 1e-30).
+TEST_F(CodecEdges, HalfScalesKeepEveryScaleToFp16Precision) {
+  for (float scale : {3e38f, 1.0f, 1e-3f, 1e-30f}) {
+    SCOPED_TRACE(std::to_string(scale));
+    const Tensor weight = test::random_weight(DType::F32, 33, 128, 4, scale);
+    for (bool dq : {false, true}) {
+      const Nf4Weight w = quantize(weight, dq, pool);
+      const std::vector<float> scales = block_scales(w);
+      const HalfScales half = half_scales(w);
+      ASSERT_EQ(half.half.numel(), int64_t(scales.size()));
+      float largest = 0;
+      for (float s : scales)
+        largest = std::max(largest, std::fabs(s));
+      for (size_t b = 0; b < scales.size(); ++b) {
+        const float widened = fp16_to_float(half.half.data_as<const uint16_t>()[b]) * half.unscale;
+        // Round to nearest in fp16: half a unit in the last of 11 significant bits, 2^-11
+        // relative; scales below 2^-10 of the largest fall into fp16's subnormals, whose step
+        // is 2^-24 of the stored 2^14..2^15, so their error is bounded by that absolute step.
+        const float bound = std::max(std::fabs(scales[b]) * 0x1p-11f, largest * 0x1p-38f);
+        ASSERT_LE(std::fabs(widened - scales[b]), bound) << "block " << b << " dq " << dq;
+      }
+    }
+  }
+}
+
 TEST_F(CodecEdges, DequantizeRowsOverAnyRangeEqualsTheFullWeight) {
   // 97 x 65 with blocks of 64: blocks straddle rows, odd rows start on a low nibble, and the
   // last block is partial (6305 = 98 * 64 + 33).

@@ -76,22 +76,32 @@ std::string describe(const Nf4Case& c) {
          (c.double_quant ? " double-quant" : "");
 }
 
+// The weight as quantized, and as the CPU backend prepares it (block scales decoded to fp16
+// once, for 64-weight blocks).
+std::vector<std::pair<std::string, LinearWeight>> both_forms(const LinearWeight& w) {
+  return {{"as quantized", w}, {"prepared", cpu::prepare_fast_linear(w)}};
+}
+
 TEST(CpuKernels, Nf4SimdLevelsReproduceThePortableIntegerPath) {
   ThreadPool pool(2);
   for (const Nf4Case& c : kNf4Cases) {
     SCOPED_TRACE(describe(c));
-    const auto w = LinearWeight::quantized(std::make_shared<nf4::Nf4Weight>(
+    const auto quantized = LinearWeight::quantized(std::make_shared<nf4::Nf4Weight>(
         nf4::quantize(random_matrix(c.rows, c.cols, 1), c.double_quant, pool, c.block_size)));
-    ASSERT_TRUE(cpu::fast_linear_applies(w));
+    ASSERT_TRUE(cpu::fast_linear_applies(quantized));
+    EXPECT_EQ(cpu::prepare_fast_linear(quantized).half_scales != nullptr, c.block_size == 64);
     const Tensor x = random_matrix(c.tokens, c.cols, 2);
-    const auto portable = values(run_linear(pool, x, w, Isa::Portable));
-    for (Isa isa : simd_isas()) {
-      SCOPED_TRACE(cpu::isa_name(isa));
-      // The int32 chunk sums are identical; the SIMD levels scale per-lane partial sums and add
-      // the lanes last, so their fp32 roundings differ and lanes that cancel magnify them:
-      // measured up to 1.1e-6 (a single output of one chunk). One unit of error in any integer
-      // chunk sum (typical magnitude ~1e4) would show as ~1e-4.
-      EXPECT_LE(test::relative_error(values(run_linear(pool, x, w, isa)), portable), 1e-5);
+    for (const auto& [form, w] : both_forms(quantized)) {
+      SCOPED_TRACE(form);
+      const auto portable = values(run_linear(pool, x, w, Isa::Portable));
+      for (Isa isa : simd_isas()) {
+        SCOPED_TRACE(cpu::isa_name(isa));
+        // The int32 chunk sums are identical; the SIMD levels scale per-lane partial sums and add
+        // the lanes last, so their fp32 roundings differ and lanes that cancel magnify them:
+        // measured up to 1.1e-6 (a single output of one chunk). One unit of error in any integer
+        // chunk sum (typical magnitude ~1e4) would show as ~1e-4.
+        EXPECT_LE(test::relative_error(values(run_linear(pool, x, w, isa)), portable), 1e-5);
+      }
     }
   }
 }
@@ -100,18 +110,21 @@ TEST(CpuKernels, Nf4Int8PathStaysWithinItsBoundOfTheFp32Reference) {
   ThreadPool pool(2);
   for (const Nf4Case& c : kNf4Cases) {
     SCOPED_TRACE(describe(c));
-    const auto w = LinearWeight::quantized(std::make_shared<nf4::Nf4Weight>(
+    const auto quantized = LinearWeight::quantized(std::make_shared<nf4::Nf4Weight>(
         nf4::quantize(random_matrix(c.rows, c.cols, 3), c.double_quant, pool, c.block_size)));
     const Tensor x = random_matrix(c.tokens, c.cols, 4);
-    const auto reference = values(run_linear(pool, x, w, Isa::Reference));
-    for (Isa isa : cpu::supported_isas()) {
-      if (isa == Isa::Reference) continue;
-      SCOPED_TRACE(cpu::isa_name(isa));
-      // Two roundings: activations to int8 per 64 (error <= max/254 each, ~0.4% rms relative for
-      // Gaussian values) and the NF4 code book to k/127 (<= 0.4% of a block's absmax). Measured
-      // ~0.5% on these cases; 2% holds for every case while a wrong nibble order, scale or
-      // code gives errors near 100%.
-      EXPECT_LE(test::relative_error(values(run_linear(pool, x, w, isa)), reference), 0.02);
+    const auto reference = values(run_linear(pool, x, quantized, Isa::Reference));
+    for (const auto& [form, w] : both_forms(quantized)) {
+      SCOPED_TRACE(form);
+      for (Isa isa : cpu::supported_isas()) {
+        if (isa == Isa::Reference) continue;
+        SCOPED_TRACE(cpu::isa_name(isa));
+        // Two roundings: activations to int8 per 64 (error <= max/254 each, ~0.4% rms relative
+        // for Gaussian values) and the NF4 code book to k/127 (<= 0.4% of a block's absmax); the
+        // prepared form adds fp16 scales (2^-11 relative). Measured ~0.5% on these cases; 2%
+        // holds for every case while a wrong nibble order, scale or code gives errors near 100%.
+        EXPECT_LE(test::relative_error(values(run_linear(pool, x, w, isa)), reference), 0.02);
+      }
     }
   }
 }

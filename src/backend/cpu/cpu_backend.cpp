@@ -28,7 +28,9 @@ class CpuBackend final : public Backend {
 
   Tensor alloc(DType dtype, Shape shape) override { return Tensor::zeros(dtype, std::move(shape)); }
   Tensor upload(const Tensor& host) override { return host; }
-  LinearWeight upload_linear(const LinearWeight& host) override { return host; }
+  LinearWeight upload_linear(const LinearWeight& host) override {
+    return isa_ == cpu::Isa::Reference ? host : cpu::prepare_fast_linear(host);
+  }
   void copy_from_host(Tensor& dst, const void* src) override {
     std::memcpy(dst.data(), src, size_t(dst.nbytes()));
   }

@@ -5,6 +5,7 @@
 
 #include "backend/cpu/cpu_ops.h"
 #include "core/error.h"
+#include "quant/nf4_codec.h"
 
 namespace llamaq::cpu {
 namespace {
@@ -12,12 +13,31 @@ namespace {
 // Rows handed to one kernel call: their chunk scales (rows x in/64 floats) stay in L1.
 constexpr int64_t kRowBlock = 16;
 
+// Rows one thread claims at a time: long contiguous runs, because a core streams its rows at
+// full speed only once its prefetches run ahead (16-row claims: 23 decode tokens/s on the 1B
+// shape, 2 threads; runs of rows / 8: 34-39), and still several claims per thread, so that a
+// thread slowed by another process leaves its share to the others.
+int64_t rows_per_claim(int64_t rows, int threads) {
+  const int64_t claims = 4 * int64_t(threads);
+  return std::max(kRowBlock, (rows / claims + kRowBlock - 1) / kRowBlock * kRowBlock);
+}
+
 // dw [n_rows, cols / 64]: the scale of every 64-chunk of rows [row_begin, +n_rows), decoded as
-// nf4::dequantize_rows does. Runs once per 64 weights of every decode step, so: no division per
-// chunk, and for the usual 64-weight blocks a branch-free loop per nested block.
-void chunk_scales(const nf4::Nf4Weight& w, int64_t row_begin, int64_t n_rows, float* dw) {
+// nf4::dequantize_rows does. Runs once per 64 weights of every decode step, so: from the fp16
+// scales decoded at upload where the weight has them (a nested-table lookup per block took a fifth
+// of the decode time of the 1B shape), else with no division per chunk, and for 64-weight blocks
+// a branch-free loop per nested block.
+void chunk_scales(const KernelTable& kernels, const LinearWeight& weight, int64_t row_begin,
+                  int64_t n_rows, float* dw) {
+  const nf4::Nf4Weight& w = *weight.nf4;
   const int64_t total = n_rows * (w.cols / kChunk);
   const int64_t first_block = row_begin * w.cols / w.block_size;
+  if (weight.half_scales && w.block_size == kChunk) {
+    const nf4::HalfScales& half = *weight.half_scales;
+    kernels.widen_scales(half.half.data_as<const uint16_t>() + first_block, total, half.unscale,
+                         dw);
+    return;
+  }
   const float* plain = w.double_quant ? nullptr : w.absmax.data_as<const float>();
   if (w.block_size == kChunk && plain) {
     std::copy_n(plain + first_block, total, dw);
@@ -55,31 +75,52 @@ void chunk_scales(const nf4::Nf4Weight& w, int64_t row_begin, int64_t n_rows, fl
   }
 }
 
-// One token's row: per 64-chunk q = round(127 x / max|x|), even elements first, and the scale
-// max|x| / 127 times the weights' 1 / 127 (so the kernels multiply by the raw block scale).
+// One token's row in the layout of Q8Activations: per 64-chunk q = round(127 x / max|x|), and
+// the scale max|x| / 127 times the weights' 1 / 127 (so the kernels multiply by the raw block
+// scale). q, scale and bias are one pair block of the row (the B half left zero when absent).
 constexpr float kScaleOfBoth = 1.0f / (127.0f * 127.0f);
 
-void quantize_row(const float* x, int64_t cols, int8_t* q, float* scale, int32_t* bias) {
-  for (int64_t c = 0; c < cols / kChunk; ++c) {
-    const float* xc = x + c * kChunk;
-    float amax = 0;
-    for (int64_t i = 0; i < kChunk; ++i)
-      amax = std::max(amax, std::fabs(xc[i]));
-    const float inv = amax > 0 ? 127.0f / amax : 0.0f;
-    int8_t* qc = q + c * kChunk;
+void quantize_chunk(const float* x, int8_t* even, int8_t* odd, float* scale, int32_t* bias) {
+  float amax = 0;
+  for (int64_t i = 0; i < kChunk; ++i)
+    amax = std::max(amax, std::fabs(x[i]));
+  const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+  for (int64_t j = 0; j < kChunk / 2; ++j) {
+    even[j] = int8_t(std::nearbyint(x[2 * j] * inv));
+    odd[j] = int8_t(std::nearbyint(x[2 * j + 1] * inv));
+  }
+  for (int lane = 0; lane < 8; ++lane) {
     int32_t sum = 0;
-    for (int64_t j = 0; j < kChunk / 2; ++j) {
-      qc[j] = int8_t(std::nearbyint(xc[2 * j] * inv));
-      qc[j + kChunk / 2] = int8_t(std::nearbyint(xc[2 * j + 1] * inv));
-      sum += qc[j] + qc[j + kChunk / 2];
+    for (int k = 0; k < 4; ++k)
+      sum += even[4 * lane + k] + odd[4 * lane + k];
+    scale[lane] = amax * kScaleOfBoth;
+    bias[lane] = -128 * sum;
+  }
+}
+
+void quantize_row(const float* x, int64_t cols, int8_t* q, float* scale, int32_t* bias) {
+  const int64_t chunks = cols / kChunk;
+  for (int64_t p = 0; p < (chunks + 1) / 2; ++p) {
+    int8_t* block = q + p * kPair;
+    for (int64_t h = 0; h < 2; ++h) {
+      int8_t* even = block + h * 32;
+      float* lane_scale = scale + p * kPairLanes + h * 8;
+      int32_t* lane_bias = bias + p * kPairLanes + h * 8;
+      if (2 * p + h < chunks) {
+        quantize_chunk(x + (2 * p + h) * kChunk, even, even + kChunk, lane_scale, lane_bias);
+      } else {
+        std::fill_n(even, 32, int8_t(0));
+        std::fill_n(even + kChunk, 32, int8_t(0));
+        std::fill_n(lane_scale, 8, 0.0f);
+        std::fill_n(lane_bias, 8, 0);
+      }
     }
-    scale[c] = amax * kScaleOfBoth;
-    bias[c] = -128 * sum;
   }
 }
 
 struct Nf4Job {
   const KernelTable& kernels;
+  const LinearWeight& weight;
   const nf4::Nf4Weight& w;
   const Q8Activations& x;
   const int8_t* codes;
@@ -92,7 +133,7 @@ void nf4_band(const Nf4Job& job, int64_t begin, int64_t end) {
   dw.resize(size_t(kRowBlock * chunks));
   for (int64_t r0 = begin; r0 < end; r0 += kRowBlock) {
     const int64_t n_rows = std::min(kRowBlock, end - r0);
-    chunk_scales(job.w, r0, n_rows, dw.data());
+    chunk_scales(job.kernels, job.weight, r0, n_rows, dw.data());
     Nf4Rows rows;
     rows.packed = job.w.packed.data_as<const uint8_t>();
     rows.cols = job.w.cols;
@@ -127,6 +168,13 @@ bool fast_linear_applies(const LinearWeight& w) {
          w.weight.rank() == 2;
 }
 
+LinearWeight prepare_fast_linear(const LinearWeight& w) {
+  if (!w.nf4 || w.half_scales || w.nf4->block_size != kChunk || !fast_linear_applies(w)) return w;
+  LinearWeight out = w;
+  out.half_scales = std::make_shared<const nf4::HalfScales>(nf4::half_scales(*w.nf4));
+  return out;
+}
+
 void nf4_int8_codes(const nf4::Nf4Weight& w, int8_t* codes) {
   for (int i = 0; i < nf4::kCodes; ++i)
     codes[i] = int8_t(std::nearbyint(127.0f * w.code_table[size_t(i)]));
@@ -134,22 +182,23 @@ void nf4_int8_codes(const nf4::Nf4Weight& w, int8_t* codes) {
 
 Q8Activations quantize_activations(ThreadPool& pool, const float* x, int64_t n, int64_t cols,
                                    LinearScratch& scratch) {
-  const int64_t chunks = cols / kChunk;
-  scratch.q.resize(size_t(n * cols));
-  scratch.scale.resize(size_t(n * chunks));
-  scratch.bias.resize(size_t(n * chunks));
+  const int64_t pairs = (cols / kChunk + 1) / 2;
+  scratch.q.resize(size_t(n * pairs * kPair));
+  scratch.scale.resize(size_t(n * pairs * kPairLanes));
+  scratch.bias.resize(size_t(n * pairs * kPairLanes));
   struct Job {
     const float* x;
-    int64_t cols, chunks;
+    int64_t cols, pairs;
     LinearScratch& s;
-  } job{x, cols, chunks, scratch};
+  } job{x, cols, pairs, scratch};
   pool.parallel_for(n, [&job](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      quantize_row(job.x + t * job.cols, job.cols, job.s.q.data() + t * job.cols,
-                   job.s.scale.data() + t * job.chunks, job.s.bias.data() + t * job.chunks);
+      quantize_row(job.x + t * job.cols, job.cols, job.s.q.data() + t * job.pairs * kPair,
+                   job.s.scale.data() + t * job.pairs * kPairLanes,
+                   job.s.bias.data() + t * job.pairs * kPairLanes);
     }
   });
-  return {n, cols, scratch.q.data(), scratch.scale.data(), scratch.bias.data()};
+  return {n, cols, pairs, scratch.q.data(), scratch.scale.data(), scratch.bias.data()};
 }
 
 void fast_linear(ThreadPool& pool, const KernelTable& kernels, const Tensor& x,
@@ -164,16 +213,17 @@ void fast_linear(ThreadPool& pool, const KernelTable& kernels, const Tensor& x,
     const Q8Activations q = quantize_activations(pool, x.data_as<const float>(), n, in, scratch);
     int8_t codes[nf4::kCodes];
     nf4_int8_codes(*w.nf4, codes);
-    const Nf4Job job{kernels, *w.nf4, q, codes, ys};
-    pool.parallel_for_chunks(out_features, kRowBlock,
+    const Nf4Job job{kernels, w, *w.nf4, q, codes, ys};
+    pool.parallel_for_chunks(out_features, rows_per_claim(out_features, pool.size()),
                              [&job](int64_t begin, int64_t end) { nf4_band(job, begin, end); });
     return;
   }
   const Bf16Job job{kernels, w.weight, x.data_as<const float>(), n, ys};
-  pool.parallel_for_chunks(out_features, kRowBlock, [&job](int64_t begin, int64_t end) {
-    job.kernels.bf16(job.w.data_as<const uint16_t>(), job.w.dim(1), begin, end - begin, job.x,
-                     job.n_tokens, job.out, job.w.dim(0));
-  });
+  pool.parallel_for_chunks(
+      out_features, rows_per_claim(out_features, pool.size()), [&job](int64_t begin, int64_t end) {
+        job.kernels.bf16(job.w.data_as<const uint16_t>(), job.w.dim(1), begin, end - begin, job.x,
+                         job.n_tokens, job.out, job.w.dim(0));
+      });
 }
 
 KernelTable kernels_for(Isa isa) {

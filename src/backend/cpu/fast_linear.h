@@ -23,6 +23,10 @@ struct LinearScratch {
 // size that is a multiple of 64, or dense bf16); other weights go to the reference linear.
 bool fast_linear_applies(const LinearWeight& w);
 
+// The weight as the fast kernels read it fastest: for NF4 in 64-weight blocks, the block scales
+// decoded once to fp16 (LinearWeight::half_scales). The packed weights are shared, not copied.
+LinearWeight prepare_fast_linear(const LinearWeight& w);
+
 // int8 of one weight code: round(127 * code), the code book being within [-1, 1].
 void nf4_int8_codes(const nf4::Nf4Weight& w, int8_t* codes);  // codes: [16]
 

@@ -10,8 +10,8 @@ namespace llamaq::cpu {
 enum class Isa {
   Reference,  // the fp32 reference ops (cpu_ops.h): the spec, no approximation
   Portable,   // the fast path's algorithms (int8 NF4 dot products) in plain C++
-  Avx2,       // AVX2 + FMA
-  Avx512,     // AVX-512 F/BW/VL/DQ + VNNI
+  Avx2,       // AVX2 + FMA + F16C
+  Avx512,     // AVX-512 F/BW/VL/DQ + VNNI + VBMI (Ice Lake, Sapphire Rapids, Zen 4 and newer)
 };
 
 std::string_view isa_name(Isa isa);

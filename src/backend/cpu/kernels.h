@@ -18,16 +18,32 @@
 
 namespace llamaq::cpu {
 
-inline constexpr int64_t kChunk = 64;  // activation quantization chunk = one zmm of int8
+inline constexpr int64_t kChunk = 64;  // activation quantization chunk: one scale per 64 values
+inline constexpr int64_t kPair = 2 * kChunk;  // the activation layout's unit: two chunks
+inline constexpr int64_t kPairLanes = 16;     // int32 or f32 lanes of one zmm
 
-// Activations quantized per 64-chunk. Within each chunk the int8 values are stored as the NF4
-// bytes hold their weights: the 32 even elements first (high nibbles), then the 32 odd ones.
+// Activations quantized per 64-chunk, stored in pairs of chunks (A, B) laid out as one 64-byte
+// load of packed NF4 bytes of the pair decodes: [even of A | even of B | odd of A | odd of B],
+// 32 values each (the even elements are the high nibbles). An odd chunk count leaves the last
+// pair's B half zero. Per pair, the scale and the bias are stored per int32 lane of that load:
+// lanes 0..7 cover chunk A (bytes 4l..4l+3 of each half), lanes 8..15 chunk B.
 struct Q8Activations {
   int64_t n_tokens = 0;
-  int64_t cols = 0;               // a multiple of kChunk
-  const int8_t* q = nullptr;      // [n_tokens, cols] int8, chunk-permuted as above
-  const float* scale = nullptr;   // [n_tokens, cols / kChunk] f32: da = max|x| / 127^2
-  const int32_t* bias = nullptr;  // [n_tokens, cols / kChunk] i32: -128 * sum of the chunk's q
+  int64_t cols = 0;           // a multiple of kChunk
+  int64_t pairs = 0;          // ceil(cols / kPair)
+  const int8_t* q = nullptr;  // [n_tokens, pairs, kPair] int8, laid out as above
+  const float* scale =
+      nullptr;  // [n_tokens, pairs, 16] f32: da = max|x| / 127^2 of the lane's chunk
+  const int32_t* bias = nullptr;  // [n_tokens, pairs, 16] i32: -128 * sum of the 8 q of the lane
+
+  // The 32 even / odd values of chunk c of token t, and that chunk's scale.
+  const int8_t* even(int64_t t, int64_t c) const {
+    return q + (t * pairs + c / 2) * kPair + (c % 2) * 32;
+  }
+  const int8_t* odd(int64_t t, int64_t c) const { return even(t, c) + kChunk; }
+  float chunk_scale(int64_t t, int64_t c) const {
+    return scale[(t * pairs + c / 2) * kPairLanes + (c % 2) * 8];
+  }
 };
 
 // Rows [row_begin, row_begin + n_rows) of an NF4 weight against every token.
@@ -53,9 +69,15 @@ using Bf16Kernel = void (*)(const uint16_t* w,  // [rows, cols] bf16
                             float* out,  // [n_tokens, out_stride] f32
                             int64_t out_stride);
 
+// dw[i] = float(half[i]) * unscale: block scales decoded once to fp16 (nf4::HalfScales).
+using WidenScalesKernel = void (*)(const uint16_t* half,  // [n] f16
+                                   int64_t n, float unscale,
+                                   float* dw);  // [n] f32
+
 struct KernelTable {
   Nf4Kernel nf4 = nullptr;
   Bf16Kernel bf16 = nullptr;
+  WidenScalesKernel widen_scales = nullptr;
 };
 
 // Defined in kernels_portable.cpp, kernels_avx2.cpp and kernels_avx512.cpp.

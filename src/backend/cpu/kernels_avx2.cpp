@@ -65,10 +65,10 @@ void nf4_tile(const Nf4Rows& w, const Q8Activations& x, int64_t r0, int64_t t0, 
           decode_chunk(w.packed + (w.row_begin + r0 + r) * (w.cols / 2) + c * (kChunk / 2), table);
     }
     for (int t = 0; t < T; ++t) {
-      const int8_t* q = x.q + (t0 + t) * x.cols + c * kChunk;
-      const __m256i q_high = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-      const __m256i q_low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32));
-      const float da = x.scale[(t0 + t) * chunks + c];
+      const __m256i q_high =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.even(t0 + t, c)));
+      const __m256i q_low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.odd(t0 + t, c)));
+      const float da = x.chunk_scale(t0 + t, c);
       for (int r = 0; r < R; ++r) {
         const __m256 scale = _mm256_set1_ps(da * w.dw[(r0 + r) * chunks + c]);
         const __m256 sum = _mm256_cvtepi32_ps(chunk_dot(weights[r], q_high, q_low));
@@ -137,10 +137,21 @@ void bf16_avx2(const uint16_t* w, int64_t cols, int64_t row_begin, int64_t n_row
                                               });
 }
 
+void widen_scales_avx2(const uint16_t* half, int64_t n, float unscale, float* dw) {
+  const __m256 scale = _mm256_set1_ps(unscale);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(half + i));
+    _mm256_storeu_ps(dw + i, _mm256_mul_ps(_mm256_cvtph_ps(h), scale));
+  }
+  for (; i < n; ++i)
+    dw[i] = _cvtsh_ss(half[i]) * unscale;
+}
+
 }  // namespace
 
 KernelTable avx2_kernels() {
-  return {nf4_avx2, bf16_avx2};
+  return {nf4_avx2, bf16_avx2, widen_scales_avx2};
 }
 
 }  // namespace llamaq::cpu

@@ -3,6 +3,7 @@
 #include <bit>
 
 #include "backend/cpu/kernels.h"
+#include "core/dtype.h"
 
 namespace llamaq::cpu {
 namespace {
@@ -13,18 +14,17 @@ void nf4_portable(const Nf4Rows& w, const Q8Activations& x, float* out, int64_t 
     const uint8_t* row = w.packed + (w.row_begin + r) * (w.cols / 2);
     const float* dw = w.dw + r * chunks;
     for (int64_t t = 0; t < x.n_tokens; ++t) {
-      const int8_t* q = x.q + t * x.cols;
-      const float* da = x.scale + t * chunks;
       float acc = 0;
       for (int64_t c = 0; c < chunks; ++c) {
         const uint8_t* bytes = row + c * (kChunk / 2);
-        const int8_t* qc = q + c * kChunk;
+        const int8_t* even = x.even(t, c);
+        const int8_t* odd = x.odd(t, c);
         int32_t isum = 0;
         for (int64_t j = 0; j < kChunk / 2; ++j) {
-          isum += int32_t(w.codes[bytes[j] >> 4]) * qc[j];
-          isum += int32_t(w.codes[bytes[j] & 15]) * qc[j + kChunk / 2];
+          isum += int32_t(w.codes[bytes[j] >> 4]) * even[j];
+          isum += int32_t(w.codes[bytes[j] & 15]) * odd[j];
         }
-        acc += float(isum) * (dw[c] * da[c]);
+        acc += float(isum) * (dw[c] * x.chunk_scale(t, c));
       }
       out[t * out_stride + w.row_begin + r] = acc;
     }
@@ -54,8 +54,13 @@ void bf16_portable(const uint16_t* w, int64_t cols, int64_t row_begin, int64_t n
 
 }  // namespace
 
+void widen_scales_portable(const uint16_t* half, int64_t n, float unscale, float* dw) {
+  for (int64_t i = 0; i < n; ++i)
+    dw[i] = fp16_to_float(half[i]) * unscale;
+}
+
 KernelTable portable_kernels() {
-  return {nf4_portable, bf16_portable};
+  return {nf4_portable, bf16_portable, widen_scales_portable};
 }
 
 }  // namespace llamaq::cpu
