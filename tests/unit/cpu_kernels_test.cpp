@@ -66,8 +66,14 @@ struct Nf4Case {
 };
 
 const Nf4Case kNf4Cases[] = {
-    {37, 192, 1, 64, true},  {37, 192, 97, 64, false}, {130, 320, 5, 64, true},
-    {3, 256, 97, 128, true}, {1, 64, 1, 64, false},    {45, 1024, 7, 256, true},
+    {37, 192, 1, 64, true},
+    {37, 192, 97, 64, false},
+    {130, 320, 5, 64, true},
+    {3, 256, 97, 128, true},
+    {1, 64, 1, 64, false},
+    {45, 1024, 7, 256, true},
+    // 8192 columns: 16 tokens per kernel call, so 37 tokens run as blocks of 16, 16 and 5.
+    {5, 8192, 37, 64, true},
 };
 
 std::string describe(const Nf4Case& c) {
