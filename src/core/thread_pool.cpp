@@ -29,6 +29,38 @@ bool spin_until(const Done& done) {
   }
 }
 
+// Guided chunk i over `units` units on `threads` threads, in units: rounds of one chunk per
+// thread, each round taking half of what is left, then single units. False past the last.
+bool guided_chunk(int64_t units, int64_t threads, int64_t i, int64_t& begin, int64_t& end) {
+  int64_t start = 0;
+  int64_t left = units;
+  while (left >= 2 * threads) {
+    const int64_t size = left / (2 * threads);
+    if (i < threads) {
+      begin = start + i * size;
+      end = begin + size;
+      return true;
+    }
+    i -= threads;
+    start += threads * size;
+    left -= threads * size;
+  }
+  if (i >= left) return false;
+  begin = start + i;
+  end = begin + 1;
+  return true;
+}
+
+int64_t guided_chunk_count(int64_t units, int64_t threads) {
+  int64_t count = 0;
+  int64_t left = units;
+  while (left >= 2 * threads) {
+    count += threads;
+    left -= threads * (left / (2 * threads));
+  }
+  return count + left;
+}
+
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) {
@@ -52,9 +84,15 @@ void ThreadPool::run_chunks() {
   for (;;) {
     const int64_t i = next_chunk_.fetch_add(1);
     if (i >= job_chunks_) return;
-    const int64_t begin = job_chunk_size_ ? i * job_chunk_size_ : job_n_ * i / job_chunks_;
-    const int64_t end = job_chunk_size_ ? std::min(job_n_, begin + job_chunk_size_)
-                                        : job_n_ * (i + 1) / job_chunks_;
+    int64_t begin = job_chunk_size_ ? i * job_chunk_size_ : job_n_ * i / job_chunks_;
+    int64_t end = job_chunk_size_ ? std::min(job_n_, begin + job_chunk_size_)
+                                  : job_n_ * (i + 1) / job_chunks_;
+    if (job_guided_grain_) {
+      const int64_t grain = job_guided_grain_;
+      guided_chunk((job_n_ + grain - 1) / grain, size(), i, begin, end);
+      begin *= grain;
+      end = std::min(job_n_, end * grain);
+    }
     if (begin >= end) continue;
     try {
       (*job_)(begin, end);
@@ -83,11 +121,12 @@ void ThreadPool::worker_loop() {
 }
 
 void ThreadPool::run(int64_t n, int64_t chunks, int64_t chunk_size,
-                     const std::function<void(int64_t, int64_t)>& fn) {
+                     const std::function<void(int64_t, int64_t)>& fn, int64_t guided_grain) {
   job_ = &fn;
   job_n_ = n;
   job_chunks_ = chunks;
   job_chunk_size_ = chunk_size;
+  job_guided_grain_ = guided_grain;
   error_ = nullptr;
   next_chunk_.store(0);
   open_.store(true);
@@ -136,6 +175,18 @@ void ThreadPool::parallel_for_chunks(int64_t n, int64_t chunk,
     return;
   }
   run(n, chunks, chunk, fn);
+}
+
+void ThreadPool::parallel_for_guided(int64_t n, int64_t grain,
+                                     const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(1, grain);
+  const int64_t units = (n + grain - 1) / grain;
+  if (units == 1 || size() == 1) {
+    fn(0, n);
+    return;
+  }
+  run(n, guided_chunk_count(units, size()), 0, fn, grain);
 }
 
 }  // namespace llamaq

@@ -38,9 +38,16 @@ class ThreadPool {
   void parallel_for_chunks(int64_t n, int64_t chunk,
                            const std::function<void(int64_t, int64_t)>& fn);
 
+  // Calls fn(begin, end) on chunks of [0, n) that start at multiples of `grain`, claimed one at a
+  // time by free threads, largest first: each round of one chunk per thread takes half of what
+  // is left, down to single grains. Threads stream long contiguous runs, and still end within
+  // about a grain of each other (fixed chunks leave up to a whole chunk's wait at the end).
+  void parallel_for_guided(int64_t n, int64_t grain,
+                           const std::function<void(int64_t, int64_t)>& fn);
+
  private:
   void run(int64_t n, int64_t chunks, int64_t chunk_size,
-           const std::function<void(int64_t, int64_t)>& fn);
+           const std::function<void(int64_t, int64_t)>& fn, int64_t guided_grain = 0);
   void run_chunks();
   void worker_loop();
 
@@ -50,7 +57,8 @@ class ThreadPool {
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t job_n_ = 0;
   int64_t job_chunks_ = 0;
-  int64_t job_chunk_size_ = 0;  // 0: chunk i is [n * i / chunks, n * (i + 1) / chunks)
+  int64_t job_chunk_size_ = 0;    // 0: chunk i is [n * i / chunks, n * (i + 1) / chunks)
+  int64_t job_guided_grain_ = 0;  // > 0: guided chunks (parallel_for_guided)
   std::atomic<int64_t> next_chunk_ = 0;
   std::atomic<uint64_t> generation_ = 0;
   std::atomic<bool> open_ = false;  // a loop is running and threads may join it

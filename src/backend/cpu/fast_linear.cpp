@@ -10,17 +10,12 @@
 namespace llamaq::cpu {
 namespace {
 
-// Rows handed to one kernel call: their chunk scales (rows x in/64 floats) stay in L1.
+// Rows handed to one kernel call: their chunk scales (rows x in/64 floats) stay in L1. The rows
+// are claimed by the threads in guided chunks of these blocks (ThreadPool::parallel_for_guided):
+// long contiguous runs, because a core streams its rows at full speed only once its prefetches
+// run ahead (claims of 16 rows: 23 decode tokens/s on the 1B shape, 2 threads; claims of an
+// eighth of the rows: 34-39).
 constexpr int64_t kRowBlock = 16;
-
-// Rows one thread claims at a time: long contiguous runs, because a core streams its rows at
-// full speed only once its prefetches run ahead (16-row claims: 23 decode tokens/s on the 1B
-// shape, 2 threads; runs of rows / 8: 34-39), and still several claims per thread, so that a
-// thread slowed by another process leaves its share to the others.
-int64_t rows_per_claim(int64_t rows, int threads) {
-  const int64_t claims = 4 * int64_t(threads);
-  return std::max(kRowBlock, (rows / claims + kRowBlock - 1) / kRowBlock * kRowBlock);
-}
 
 // dw [n_rows, cols / 64]: the scale of every 64-chunk of rows [row_begin, +n_rows), decoded as
 // nf4::dequantize_rows does. Runs once per 64 weights of every decode step, so: from the fp16
@@ -245,16 +240,15 @@ void fast_linear(ThreadPool& pool, const KernelTable& kernels, const Tensor& x,
     int8_t codes[nf4::kCodes];
     nf4_int8_codes(*w.nf4, codes);
     const Nf4Job job{kernels, w, *w.nf4, q, codes, ys};
-    pool.parallel_for_chunks(out_features, rows_per_claim(out_features, pool.size()),
+    pool.parallel_for_guided(out_features, kRowBlock,
                              [&job](int64_t begin, int64_t end) { nf4_band(job, begin, end); });
     return;
   }
   const Bf16Job job{kernels, w.weight, x.data_as<const float>(), n, ys};
-  pool.parallel_for_chunks(
-      out_features, rows_per_claim(out_features, pool.size()), [&job](int64_t begin, int64_t end) {
-        job.kernels.bf16(job.w.data_as<const uint16_t>(), job.w.dim(1), begin, end - begin, job.x,
-                         job.n_tokens, job.out, job.w.dim(0));
-      });
+  pool.parallel_for_guided(out_features, kRowBlock, [&job](int64_t begin, int64_t end) {
+    job.kernels.bf16(job.w.data_as<const uint16_t>(), job.w.dim(1), begin, end - begin, job.x,
+                     job.n_tokens, job.out, job.w.dim(0));
+  });
 }
 
 KernelTable kernels_for(Isa isa) {
