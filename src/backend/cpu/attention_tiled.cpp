@@ -33,13 +33,18 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void attend_tile(
     const float* qv, const float* keys, const float* values, int64_t rows, int64_t head_dim,
     float scale, float* scores, float& m, float& l, float* o) {
   float tile_max = -INFINITY;
+  const int64_t body = head_dim / 16 * 16;
   for (int64_t p = 0; p < rows; ++p) {
+    // 16 independent partial sums (one vector register) over whole 16-wide steps, so the loop
+    // vectorizes without reassociating; then the tail.
     float acc[16] = {};
-    for (int64_t i = 0; i < head_dim; i += 16) {
-      for (int64_t lane = 0; lane < 16 && i + lane < head_dim; ++lane) {
-        acc[lane] += qv[i + lane] * keys[p * head_dim + i + lane];
-      }
+    const float* key = keys + p * head_dim;
+    for (int64_t i = 0; i < body; i += 16) {
+      for (int64_t lane = 0; lane < 16; ++lane)
+        acc[lane] += qv[i + lane] * key[i + lane];
     }
+    for (int64_t i = body; i < head_dim; ++i)
+      acc[i - body] += qv[i] * key[i];
     float s = 0;
     for (float a : acc)
       s += a;
