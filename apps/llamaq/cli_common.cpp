@@ -15,24 +15,47 @@
 namespace llamaq::cli {
 
 void add_model_options(CLI::App& command, ModelOptions& options) {
-  command.add_option("-m,--model", options.model_dir, "Hugging Face checkpoint folder")
-      ->required();
+  command.add_option("-m,--model", options.model_dir, "Hugging Face checkpoint folder")->required();
   command.add_option("-t,--threads", options.threads, "CPU threads (0 = all)")
       ->check(CLI::NonNegativeNumber);
-  command.add_option("--quant", options.quant,
-                     "Quantize the projections to 4-bit while loading: none or nf4 (a 4-bit "
-                     "checkpoint is used as it is)")
+  command
+      .add_option("--quant", options.quant,
+                  "Quantize the projections to 4-bit while loading: none or nf4 (a 4-bit "
+                  "checkpoint is used as it is)")
       ->check(CLI::IsMember({"none", "nf4"}));
   command.add_flag("--quant-lm-head", options.quant_lm_head, "With --quant nf4, the LM head too");
   command.add_flag("--no-double-quant", options.no_double_quant,
                    "With --quant nf4, keep the block scales in float32");
   command.add_option("--lora", options.lora_dir, "A PEFT LoRA adapter folder to apply");
-  command.add_option("--device", options.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  command.add_option("--device", options.device, "cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   command.add_flag("--no-graphs", options.no_graphs,
                    "On the GPU, launch each op of a decode step instead of replaying a CUDA graph");
+  add_kv_dtype_option(command, options.kv_dtype);
 }
 
+void add_kv_dtype_option(CLI::App& command, std::string& kv_dtype) {
+  command
+      .add_option("--kv-dtype", kv_dtype,
+                  "CPU KV cache: bf16 (default on the fast path), f16 or f32 (default on the "
+                  "reference path)")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}));
+}
+
+namespace {
+
+std::optional<DType> kv_dtype_of(const ModelOptions& options) {
+  if (options.kv_dtype.empty()) return std::nullopt;
+  if (options.kv_dtype == "f32") return DType::F32;
+  return options.kv_dtype == "f16" ? DType::F16 : DType::BF16;
+}
+
+}  // namespace
+
 std::unique_ptr<Backend> make_backend(const ModelOptions& options) {
+  if (options.device == "cuda" && !options.kv_dtype.empty() && options.kv_dtype != "f32") {
+    fail("--kv-dtype {}: the CUDA backend keeps its KV cache in f32", options.kv_dtype);
+  }
   if (options.attention != "flash" && options.attention != "naive") {
     fail("--attn: unknown attention \"{}\" (flash or naive)", options.attention);
   }
@@ -47,11 +70,13 @@ std::unique_ptr<Backend> make_backend(const ModelOptions& options) {
 #endif
   }
   if (options.attention == "naive") fail("--attn naive is a GPU comparison (--device cuda)");
-  return make_cpu_backend(options.threads);
+  return make_cpu_backend(options.threads, cpu::best_isa(), kv_dtype_of(options));
 }
 
 std::unique_ptr<Backend> make_training_backend(const ModelOptions& options) {
-  if (options.device == "cpu") return make_cpu_backend(options.threads, cpu::Isa::Reference);
+  if (options.device == "cpu") {
+    return make_cpu_backend(options.threads, cpu::Isa::Reference, kv_dtype_of(options));
+  }
   return make_backend(options);
 }
 
@@ -106,9 +131,12 @@ namespace {
 
 const char* reason_name(StopReason reason) {
   switch (reason) {
-    case StopReason::StopToken: return "stop token";
-    case StopReason::MaxTokens: return "max tokens";
-    case StopReason::Cancelled: return "cancelled";
+    case StopReason::StopToken:
+      return "stop token";
+    case StopReason::MaxTokens:
+      return "max tokens";
+    case StopReason::Cancelled:
+      return "cancelled";
   }
   return "?";
 }
@@ -117,14 +145,13 @@ const char* reason_name(StopReason reason) {
 
 void print_generation_summary(const GenerateResult& r, const SamplingParams& sampling) {
   // The first generated token comes from the prompt's logits; each later one costs a step.
-  const int64_t steps =
-      std::max<int64_t>(1, int64_t(r.tokens.size()) + (r.stop_token ? 1 : 0)) - 1;
+  const int64_t steps = std::max<int64_t>(1, int64_t(r.tokens.size()) + (r.stop_token ? 1 : 0)) - 1;
   log_line("prompt: " + rate_text(r.prompt_tokens, r.prompt_seconds));
-  log_line(fmt::format("generated: {} tokens, {} decode steps in {:.3f} s ({:.1f} tokens/s), "
-                       "stopped by {}",
-                       r.tokens.size(), steps, r.generate_seconds,
-                       r.generate_seconds > 0 ? double(steps) / r.generate_seconds : 0.0,
-                       reason_name(r.reason)));
+  log_line(fmt::format(
+      "generated: {} tokens, {} decode steps in {:.3f} s ({:.1f} tokens/s), "
+      "stopped by {}",
+      r.tokens.size(), steps, r.generate_seconds,
+      r.generate_seconds > 0 ? double(steps) / r.generate_seconds : 0.0, reason_name(r.reason)));
   log_line(fmt::format("sampling: temperature {}, top-k {}, top-p {}, min-p {}, seed {}",
                        sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p,
                        sampling.seed));
@@ -136,7 +163,8 @@ std::vector<int32_t> parse_token_ids(const std::string& text, const std::string&
   size_t pos = 0;
   while (pos < text.size()) {
     const size_t end = text.find_first_of(", \t\n", pos);
-    const std::string item = text.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    const std::string item =
+        text.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
     pos = end == std::string::npos ? text.size() : end + 1;
     if (item.empty()) continue;
     int32_t id = 0;
@@ -165,7 +193,8 @@ void add_sampling_options(CLI::App& command, SamplingOptions& o) {
 SamplingParams resolve_sampling(const SamplingOptions& o, const GenerationConfig& g) {
   SamplingParams p;
   const bool sample_by_default = g.do_sample.value_or(false);
-  p.temperature = o.temperature.value_or(sample_by_default ? float(g.temperature.value_or(1.0)) : 0.0f);
+  p.temperature =
+      o.temperature.value_or(sample_by_default ? float(g.temperature.value_or(1.0)) : 0.0f);
   p.top_k = o.top_k.value_or(sample_by_default ? int32_t(g.top_k.value_or(0)) : 0);
   p.top_p = o.top_p.value_or(sample_by_default ? float(g.top_p.value_or(1.0)) : 1.0f);
   p.min_p = o.min_p;
@@ -176,6 +205,8 @@ SamplingParams resolve_sampling(const SamplingOptions& o, const GenerationConfig
   return p;
 }
 
-void log_line(const std::string& line) { std::cerr << line << std::endl; }
+void log_line(const std::string& line) {
+  std::cerr << line << std::endl;
+}
 
 }  // namespace llamaq::cli

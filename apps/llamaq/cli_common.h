@@ -18,16 +18,20 @@ namespace llamaq::cli {
 
 struct ModelOptions {
   std::string model_dir;
-  int threads = 0;  // 0 = all hardware threads
+  int threads = 0;             // 0 = all hardware threads
   std::string quant = "none";  // "none" or "nf4": quantize projections while loading
   bool quant_lm_head = false;
   bool no_double_quant = false;
-  std::string lora_dir;  // PEFT adapter to apply
-  std::string device = "cpu";  // cpu or cuda
-  bool no_graphs = false;  // run decode steps op by op instead of replaying a CUDA graph
-  std::string profile_path;  // per-op trace (Chrome trace JSON) written here when set
+  std::string lora_dir;             // PEFT adapter to apply
+  std::string device = "cpu";       // cpu or cuda
+  bool no_graphs = false;           // run decode steps op by op instead of replaying a CUDA graph
+  std::string profile_path;         // per-op trace (Chrome trace JSON) written here when set
   std::string attention = "flash";  // GPU attention: flash, or naive (scores materialized)
+  std::string kv_dtype;             // CPU KV cache: f32, bf16 or f16; empty = the backend's default
 };
+
+// --kv-dtype f32|bf16|f16 (the CPU's KV cache).
+void add_kv_dtype_option(CLI::App& command, std::string& kv_dtype);
 
 // The backend the options ask for; cuda needs a build with nvcc.
 std::unique_ptr<Backend> make_backend(const ModelOptions& options);

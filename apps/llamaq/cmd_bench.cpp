@@ -358,6 +358,7 @@ void register_bench(CLI::App& app) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--weights", o->weights, "Comma-separated formats: bf16, nf4");
   cmd->add_flag("--quant-lm-head", o->model.quant_lm_head, "With nf4, quantize the LM head too");
+  add_kv_dtype_option(*cmd, o->model.kv_dtype);
   cmd->add_option("--attn", o->attn, "Comma-separated attention kernels: flash, naive (GPU)");
   cmd->add_option("--prompt", o->prompts, "Comma-separated prompt lengths in tokens");
   cmd->add_option("--batch", o->batches, "Comma-separated numbers of sequences decoded together");

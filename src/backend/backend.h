@@ -16,7 +16,7 @@ namespace llamaq {
 
 // One layer's slice of the paged KV cache, as the attention ops see it.
 struct KvLayerView {
-  Tensor k_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32 or bf16
+  Tensor k_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32, bf16 or f16 (CPU)
   Tensor v_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32 or bf16 (as k_blocks)
   // [max_blocks] i32 shared by every token (one sequence), or [n, max_blocks] i32 with row t for
   // token t (a decode step of n sequences, one token each): entry i is the block holding

@@ -15,15 +15,16 @@ uint64_t next_cache_id() {
 }  // namespace
 
 KvCache::KvCache(Backend& backend, const LlamaConfig& config, int64_t capacity_tokens,
-                  int64_t block_size, std::optional<DType> dtype)
+                 int64_t block_size, std::optional<DType> dtype)
     : backend_(backend),
       id_(next_cache_id()),
       block_size_(block_size),
       capacity_tokens_(capacity_tokens),
       dtype_(dtype.value_or(backend.preferred_kv_dtype())) {
-  if (block_size <= 0 || capacity_tokens <= 0) fail("KV cache: capacity and block size must be > 0");
-  if (dtype_ != DType::F32 && dtype_ != DType::BF16) {
-    fail("KV cache: dtype {} is not supported (f32 or bf16)", dtype_name(dtype_));
+  if (block_size <= 0 || capacity_tokens <= 0)
+    fail("KV cache: capacity and block size must be > 0");
+  if (dtype_ != DType::F32 && dtype_ != DType::BF16 && dtype_ != DType::F16) {
+    fail("KV cache: dtype {} is not supported (f32, bf16 or f16)", dtype_name(dtype_));
   }
   n_blocks_ = (capacity_tokens + block_size - 1) / block_size;
   const Shape shape = {n_blocks_, block_size_, config.num_key_value_heads, config.head_dim};
@@ -31,7 +32,8 @@ KvCache::KvCache(Backend& backend, const LlamaConfig& config, int64_t capacity_t
     k_blocks_.push_back(backend_.alloc(dtype_, shape));
     v_blocks_.push_back(backend_.alloc(dtype_, shape));
   }
-  for (int64_t b = n_blocks_ - 1; b >= 0; --b) free_blocks_.push_back(int32_t(b));
+  for (int64_t b = n_blocks_ - 1; b >= 0; --b)
+    free_blocks_.push_back(int32_t(b));
 }
 
 int KvCache::add_sequence() {
@@ -66,7 +68,9 @@ void KvCache::remove_sequence(int seq) {
   sequence(seq).active = false;
 }
 
-int64_t KvCache::length(int seq) const { return sequence(seq).length; }
+int64_t KvCache::length(int seq) const {
+  return sequence(seq).length;
+}
 
 void KvCache::upload_table(Sequence& s) {
   std::vector<int32_t> table(size_t(n_blocks_), 0);
@@ -77,17 +81,19 @@ void KvCache::upload_table(Sequence& s) {
 void KvCache::reserve(int seq, int64_t n_tokens) {
   Sequence& s = sequence(seq);
   if (s.length + n_tokens > capacity_tokens_) {
-    fail("context full: {} tokens + {} more exceed the context size of {} tokens (raise the "
-         "context size)",
-         s.length, n_tokens, capacity_tokens_);
+    fail(
+        "context full: {} tokens + {} more exceed the context size of {} tokens (raise the "
+        "context size)",
+        s.length, n_tokens, capacity_tokens_);
   }
   const int64_t needed_blocks = (s.length + n_tokens + block_size_ - 1) / block_size_;
   const int64_t missing = needed_blocks - int64_t(s.blocks.size());
   if (missing <= 0) return;
   if (missing > int64_t(free_blocks_.size())) {
-    fail("KV cache full: {} more tokens need {} blocks of {}, {} free (cache holds {} tokens; "
-         "raise the context size)",
-         n_tokens, missing, block_size_, free_blocks_.size(), n_blocks_ * block_size_);
+    fail(
+        "KV cache full: {} more tokens need {} blocks of {}, {} free (cache holds {} tokens; "
+        "raise the context size)",
+        n_tokens, missing, block_size_, free_blocks_.size(), n_blocks_ * block_size_);
   }
   for (int64_t i = 0; i < missing; ++i) {
     s.blocks.push_back(free_blocks_.back());

@@ -16,7 +16,7 @@ namespace llamaq {
 class KvCache {
  public:
   // Room for `capacity_tokens` tokens in all, in blocks of `block_size` positions, stored as
-  // `dtype` (F32 or BF16; by default the backend's preferred_kv_dtype()).
+  // `dtype` (F32, BF16 or F16; by default the backend's preferred_kv_dtype()).
   KvCache(Backend& backend, const LlamaConfig& config, int64_t capacity_tokens,
           int64_t block_size = 16, std::optional<DType> dtype = std::nullopt);
 

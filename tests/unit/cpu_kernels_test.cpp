@@ -194,10 +194,11 @@ Tensor positions_from(int64_t first, int64_t n) {
   return p;
 }
 
-TEST(CpuKernels, TiledAttentionMatchesTheReferenceOnF32AndBf16Caches) {
+TEST(CpuKernels, TiledAttentionMatchesTheReferenceOnF32Bf16AndF16Caches) {
   ThreadPool pool(2);
   const int64_t n_heads = 6, n_kv_heads = 2, head_dim = 40;  // GQA groups of 3; 40 = 2.5 zmm
-  for (DType dtype : {DType::F32, DType::BF16}) {
+  const cpu::WidenScalesKernel widen_f16 = cpu::kernels_for(cpu::best_isa()).widen_scales;
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
     for (const auto& [tokens, block_size] : {std::pair{97, 16}, {23, 5}, {1, 4}}) {
       SCOPED_TRACE(std::string(dtype_name(dtype)) + " tokens " + std::to_string(tokens) +
                    " block " + std::to_string(block_size));
@@ -214,7 +215,7 @@ TEST(CpuKernels, TiledAttentionMatchesTheReferenceOnF32AndBf16Caches) {
       Tensor expected = Tensor::zeros(DType::F32, {tokens, n_heads * head_dim});
       Tensor got = Tensor::zeros(DType::F32, {tokens, n_heads * head_dim});
       cpu::attention(pool, q, positions, cache.view, expected);
-      cpu::attention_tiled(pool, q, positions, cache.view, got);
+      cpu::attention_tiled(pool, q, positions, cache.view, got, widen_f16);
       // Both read the same stored (possibly bf16) values in fp32; the online softmax rescales
       // partial sums per tile, a few ulps apart from the one-pass softmax.
       EXPECT_LE(test::relative_error(values(got), values(expected)), 1e-5);
@@ -235,11 +236,26 @@ TEST(CpuKernels, Bf16KvCacheStoresRoundedValues) {
   }
 }
 
+TEST(CpuKernels, F16KvCacheStoresRoundedValues) {
+  PagedCache cache(DType::F16, 9, 1, 8, 4);
+  const Tensor k = random_matrix(9, 8, 15).reshaped({9, 1, 8});
+  const Tensor v = random_matrix(9, 8, 16).reshaped({9, 1, 8});
+  cpu::kv_store(k, v, positions_from(0, 9), cache.view);
+  const int32_t block = cache.view.block_table.data_as<const int32_t>()[1];
+  const uint16_t* stored = cache.view.v_blocks.data_as<const uint16_t>() + (block * 4 + 2) * 8;
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(stored[i], float_to_fp16(v.data_as<const float>()[6 * 8 + i])) << "element " << i;
+  }
+}
+
 TEST(CpuKernels, BackendLevelsPreferTheirKvDtype) {
   for (Isa isa : cpu::supported_isas()) {
     const auto backend = make_cpu_backend(1, isa);
     EXPECT_EQ(backend->preferred_kv_dtype(), isa == Isa::Reference ? DType::F32 : DType::BF16)
         << cpu::isa_name(isa);
+    // --kv-dtype overrides the level's default; dtypes the ops cannot store are an error.
+    EXPECT_EQ(make_cpu_backend(1, isa, DType::F16)->preferred_kv_dtype(), DType::F16);
+    test::expect_error([&] { make_cpu_backend(1, isa, DType::I32); }, {"KV cache", "I32"});
   }
   EXPECT_TRUE(cpu::isa_supported(cpu::best_isa()));
   test::expect_error([] { cpu::parse_isa("sse9"); }, {"sse9", "avx512"});

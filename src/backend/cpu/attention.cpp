@@ -1,6 +1,6 @@
 // CPU reference attention over the paged KV cache: for each query token and head, scores against
 // every visible key, an fp32 softmax with max subtraction, and the weighted sum of values. The
-// cache holds f32 or bf16 (stored rounded to nearest even, read back widened).
+// cache holds f32, bf16 or f16 (stored rounded to nearest even, read back widened).
 #include <cmath>
 #include <vector>
 
@@ -22,17 +22,25 @@ void load_kv_row(const Tensor& blocks, const int32_t* table, int64_t block_size,
     const uint16_t* src = blocks.data_as<const uint16_t>() + offset;
     for (int64_t i = 0; i < head_dim; ++i)
       out[i] = bf16_to_float(src[i]);
+  } else if (blocks.dtype() == DType::F16) {
+    const uint16_t* src = blocks.data_as<const uint16_t>() + offset;
+    for (int64_t i = 0; i < head_dim; ++i)
+      out[i] = fp16_to_float(src[i]);
   } else {
     std::copy_n(blocks.data_as<const float>() + offset, head_dim, out);
   }
 }
 
+}  // namespace
+
 void check_kv_dtype(const KvLayerView& kv) {
   const DType dtype = kv.k_blocks.dtype();
-  if ((dtype != DType::F32 && dtype != DType::BF16) || kv.v_blocks.dtype() != dtype) {
-    fail("cpu attention: the KV cache must be f32 or bf16, got {}", dtype_name(dtype));
+  if (!kv_dtype_supported(dtype) || kv.v_blocks.dtype() != dtype) {
+    fail("cpu attention: the KV cache must be f32, bf16 or f16, got {}", dtype_name(dtype));
   }
 }
+
+namespace {
 
 // Stores `count` f32 values as the cache's dtype.
 void store_kv(const float* src, int64_t count, const Tensor& blocks, int64_t offset) {
@@ -40,6 +48,10 @@ void store_kv(const float* src, int64_t count, const Tensor& blocks, int64_t off
     uint16_t* dst = blocks.data_as<uint16_t>() + offset;
     for (int64_t i = 0; i < count; ++i)
       dst[i] = float_to_bf16(src[i]);
+  } else if (blocks.dtype() == DType::F16) {
+    uint16_t* dst = blocks.data_as<uint16_t>() + offset;
+    for (int64_t i = 0; i < count; ++i)
+      dst[i] = float_to_fp16(src[i]);
   } else {
     std::copy_n(src, count, blocks.data_as<float>() + offset);
   }

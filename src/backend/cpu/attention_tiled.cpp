@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "backend/cpu/cpu_ops.h"
 #include "core/error.h"
 
 namespace llamaq::cpu {
@@ -11,11 +12,9 @@ namespace {
 
 constexpr int64_t kMaxGroup = 64;  // query heads per KV head handled by one item
 
-// rows x head_dim values of a block (f32 or bf16) widened to f32.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void widen_tile(const void* src,
-                                                                             bool bf16,
-                                                                             int64_t count,
-                                                                             float* dst) {
+// rows x head_dim values of a block (f32 or bf16; f16 goes through the kernel table) widened.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void widen_tile_bf16_f32(
+    const void* src, bool bf16, int64_t count, float* dst) {
   if (bf16) {
     const uint16_t* s = static_cast<const uint16_t*>(src);
     for (int64_t i = 0; i < count; ++i)
@@ -76,8 +75,17 @@ struct Job {
   float* out;
   int64_t n_heads, n_kv_heads, head_dim, group;
   float scale;
-  bool bf16;
+  DType dtype;
+  WidenScalesKernel widen_f16;
 };
+
+void widen_tile(const Job& job, const void* src, int64_t count, float* dst) {
+  if (job.dtype == DType::F16) {
+    job.widen_f16(static_cast<const uint16_t*>(src), count, 1.0f, dst);
+  } else {
+    widen_tile_bf16_f32(src, job.dtype == DType::BF16, count, dst);
+  }
+}
 
 void attend_item(const Job& job, int64_t t, int64_t kv_head, std::vector<float>& buffer) {
   const int64_t bs = job.kv.block_size;
@@ -99,7 +107,7 @@ void attend_item(const Job& job, int64_t t, int64_t kv_head, std::vector<float>&
   const int32_t* table = job.kv.block_table.data_as<const int32_t>() +
                          (job.kv.block_table.rank() == 2 ? t * job.kv.block_table.dim(1) : 0);
   const int64_t visible = int64_t(job.pos[t]) + 1;
-  const int64_t elem = job.bf16 ? 2 : 4;
+  const int64_t elem = job.dtype == DType::F32 ? 4 : 2;
   const auto* k_base = static_cast<const char*>(job.kv.k_blocks.data());
   const auto* v_base = static_cast<const char*>(job.kv.v_blocks.data());
   for (int64_t p0 = 0; p0 < visible; p0 += bs) {
@@ -108,8 +116,8 @@ void attend_item(const Job& job, int64_t t, int64_t kv_head, std::vector<float>&
     // Rows of this block and kv head are head_dim apart per slot times the kv heads.
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t offset = ((block * bs + r) * job.n_kv_heads + kv_head) * d * elem;
-      widen_tile(k_base + offset, job.bf16, d, keys + r * d);
-      widen_tile(v_base + offset, job.bf16, d, values + r * d);
+      widen_tile(job, k_base + offset, d, keys + r * d);
+      widen_tile(job, v_base + offset, d, values + r * d);
     }
     for (int64_t h = 0; h < g; ++h) {
       const float* qv = job.q + (t * job.n_heads + kv_head * g + h) * d;
@@ -126,11 +134,10 @@ void attend_item(const Job& job, int64_t t, int64_t kv_head, std::vector<float>&
 }  // namespace
 
 void attention_tiled(ThreadPool& pool, const Tensor& q, const Tensor& positions,
-                     const KvLayerView& kv, Tensor& out) {
+                     const KvLayerView& kv, Tensor& out, WidenScalesKernel widen_f16) {
+  check_kv_dtype(kv);
   const DType dtype = kv.k_blocks.dtype();
-  if ((dtype != DType::F32 && dtype != DType::BF16) || kv.v_blocks.dtype() != dtype) {
-    fail("cpu attention: the KV cache must be f32 or bf16, got {}", dtype_name(dtype));
-  }
+  if (dtype == DType::F16 && !widen_f16) fail("cpu attention: no f16 widening kernel given");
   const int64_t n_kv_heads = kv.k_blocks.dim(2);
   const Job job{kv,
                 q.data_as<const float>(),
@@ -141,7 +148,8 @@ void attention_tiled(ThreadPool& pool, const Tensor& q, const Tensor& positions,
                 q.dim(2),
                 q.dim(1) / n_kv_heads,
                 float(1.0 / std::sqrt(double(q.dim(2)))),
-                dtype == DType::BF16};
+                dtype,
+                widen_f16};
   if (job.group > kMaxGroup) fail("cpu attention: {} query heads per KV head", job.group);
   pool.parallel_for(q.dim(0) * n_kv_heads, [&job](int64_t begin, int64_t end) {
     thread_local std::vector<float> buffer;

@@ -14,17 +14,22 @@ namespace {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(int n_threads, cpu::Isa isa) : pool_(n_threads), isa_(isa) {
+  CpuBackend(int n_threads, cpu::Isa isa, std::optional<DType> kv_dtype)
+      : pool_(n_threads),
+        isa_(isa),
+        kv_dtype_(kv_dtype.value_or(isa == cpu::Isa::Reference ? DType::F32 : DType::BF16)) {
     if (!cpu::isa_supported(isa))
       fail("cpu backend: this CPU does not support {}", cpu::isa_name(isa));
+    if (!cpu::kv_dtype_supported(kv_dtype_)) {
+      fail("cpu backend: a KV cache of {} is not supported (f32, bf16 or f16)",
+           dtype_name(kv_dtype_));
+    }
     if (isa != cpu::Isa::Reference) kernels_ = cpu::kernels_for(isa);
   }
 
   std::string_view name() const override { return "cpu"; }
   Device device() const override { return Device::Cpu; }
-  DType preferred_kv_dtype() const override {
-    return isa_ == cpu::Isa::Reference ? DType::F32 : DType::BF16;
-  }
+  DType preferred_kv_dtype() const override { return kv_dtype_; }
 
   Tensor alloc(DType dtype, Shape shape) override { return Tensor::zeros(dtype, std::move(shape)); }
   Tensor upload(const Tensor& host) override { return host; }
@@ -63,7 +68,7 @@ class CpuBackend final : public Backend {
     if (isa_ == cpu::Isa::Reference) {
       cpu::attention(pool_, q, positions, kv, out);
     } else {
-      cpu::attention_tiled(pool_, q, positions, kv, out);
+      cpu::attention_tiled(pool_, q, positions, kv, out, kernels_.widen_scales);
     }
   }
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
@@ -118,14 +123,16 @@ class CpuBackend final : public Backend {
  private:
   ThreadPool pool_;
   cpu::Isa isa_;
+  DType kv_dtype_;
   cpu::KernelTable kernels_;
   cpu::LinearScratch scratch_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int n_threads, cpu::Isa isa) {
-  return std::make_unique<CpuBackend>(n_threads, isa);
+std::unique_ptr<Backend> make_cpu_backend(int n_threads, cpu::Isa isa,
+                                          std::optional<DType> kv_dtype) {
+  return std::make_unique<CpuBackend>(n_threads, isa, kv_dtype);
 }
 
 std::unique_ptr<Backend> make_cpu_backend(int n_threads) {

@@ -4,12 +4,16 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 
 #include "backend/backend.h"
 #include "backend/cpu/isa.h"
 
 namespace llamaq {
 
-std::unique_ptr<Backend> make_cpu_backend(int n_threads, cpu::Isa isa);
+// kv_dtype: the KV cache's dtype (f32, bf16 or f16); by default f32 for Isa::Reference, bf16 for
+// the fast levels.
+std::unique_ptr<Backend> make_cpu_backend(int n_threads, cpu::Isa isa,
+                                          std::optional<DType> kv_dtype = std::nullopt);
 
 }  // namespace llamaq
