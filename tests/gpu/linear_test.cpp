@@ -10,8 +10,12 @@
 // weight's original dtype as the CPU does: each weight differs by <= half an ulp of that dtype,
 // independently, so the output differs by the RMS of that rounding, ~1.6e-3 relative for bf16
 // (bound 1e-2, as above) and ~2e-4 for f16 (bound 2e-3); f32 originals only differ in summation
-// order (bound 1e-4). f32 weights keep fp32 operands: only summation order differs, bound 1e-4
-// (measured ~1e-7). The NF4 dequantizer must reproduce nf4::dequantize bit for bit.
+// order (bound 1e-4). The dp4a NF4 GEMV (decode, n <= 4) uses int8 code values (round(127 code):
+// RMS error ~0.4% of a weight) and int8 activations per 32 columns (RMS ~0.5% of an element):
+// ~6e-3 relative expected, so it has the 1e-2 bound whatever the original dtype; an indexing or
+// decoding mistake gives errors of order 1. f32 weights keep fp32 operands: only summation order
+// differs, bound 1e-4 (measured ~1e-7). The NF4 dequantizer must reproduce nf4::dequantize bit for
+// bit.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -106,11 +110,12 @@ TEST_F(CudaLinear, Nf4DequantizationIsBitExact) {
     DType dtype;
     int64_t block_size;
   };
-  for (const Case& c : {Case{97, 320, true, DType::BF16, 64}, Case{7, 97, false, DType::BF16, 64},
-                        Case{33, 95, true, DType::F16, 32}, Case{5, 513, true, DType::F32, 128},
-                        Case{600, 256, true, DType::BF16, 64},
-                        // 1057 chunks of 32: a last warp with one chunk (staged kernel's tail)
-                        Case{1057, 32, true, DType::BF16, 32}, Case{33, 1024, false, DType::F32, 64}}) {
+  for (const Case& c :
+       {Case{97, 320, true, DType::BF16, 64}, Case{7, 97, false, DType::BF16, 64},
+        Case{33, 95, true, DType::F16, 32}, Case{5, 513, true, DType::F32, 128},
+        Case{600, 256, true, DType::BF16, 64},
+        // 1057 chunks of 32: a last warp with one chunk (staged kernel's tail)
+        Case{1057, 32, true, DType::BF16, 32}, Case{33, 1024, false, DType::F32, 64}}) {
     SCOPED_TRACE(std::to_string(c.out) + "x" + std::to_string(c.in));
     const LinearWeight w = quantized(c.out, c.in, c.double_quant, c.dtype, c.block_size);
     const Tensor want = nf4::dequantize(*w.nf4, c.dtype, pool_);
@@ -196,6 +201,60 @@ TEST_F(CudaLinear, Nf4StreamGemvMatchesTheCpu) {
           << "auto " << key << "; worst: " << worst_element(values, want, c.out);
     }
   }
+}
+
+TEST_F(CudaLinear, Nf4Dp4aGemvMatchesTheCpu) {
+  struct Case {
+    int64_t out, in;
+    bool double_quant;
+    DType dtype;
+    int64_t block_size;
+  };
+  // Columns: 1024 (one warp per row, 8 rows per pass), 3072 (3 warps, 2 rows: Llama 3.2 3B),
+  // 4096, 14336 (14 warps, one row per pass: 448 threads). Rows: 1, odd counts that leave a
+  // partial last pass, and 4500 (several row groups per CTA, so the register ring wraps around).
+  const Case cases[] = {
+      {1, 1024, true, DType::BF16, 64},    {97, 1024, true, DType::BF16, 64},
+      {97, 3072, false, DType::BF16, 64},  {333, 4096, true, DType::BF16, 64},
+      {333, 4096, false, DType::F16, 32},  {45, 4096, true, DType::F32, 128},
+      {4500, 1024, true, DType::BF16, 64}, {4500, 4096, true, DType::BF16, 64},
+      {37, 14336, true, DType::BF16, 64},  {1025, 14336, false, DType::BF16, 64},
+  };
+  for (const Case& c : cases) {
+    const LinearWeight w = quantized(c.out, c.in, c.double_quant, c.dtype, c.block_size);
+    const auto device = gpu().device_nf4(w.nf4);
+    ASSERT_TRUE(cuda::nf4_dp4a_gemv_supported(cuda::make_nf4_params(*device), 1,
+                                              gpu().context().multiprocessors()))
+        << c.out << "x" << c.in;
+    for (int64_t n = 1; n <= cuda::kNf4Dp4aMaxTokens; ++n) {
+      const Tensor x = gpu_test::random_tensor(DType::F32, {n, c.in}, rng_);
+      const std::string key = std::string(c.double_quant ? "dp4a_dq_" : "dp4a_plain_") +
+                              std::string(dtype_name(c.dtype)) + "_b" +
+                              std::to_string(c.block_size) + "_" + std::to_string(c.out) + "x" +
+                              std::to_string(c.in) + "_n" + std::to_string(n);
+      const auto want = reference(x, w);
+      Tensor got = gpu_test::poisoned(gpu(), {n, c.out});
+      cuda::linear_nf4(gpu().context(), gpu().upload(x), *device, got, cuda::Nf4Path::Dp4aGemv);
+      const auto values = host_values(gpu(), got);
+      EXPECT_LE(record(key, relative_error(values, want)), kBf16OperandTolerance)
+          << key << "; worst: " << worst_element(values, want, c.out);
+    }
+  }
+}
+
+TEST_F(CudaLinear, Nf4Dp4aGemvRejectsWhatItCannotRun) {
+  const LinearWeight narrow = quantized(64, 320, true);  // cols not a multiple of 1024
+  const Tensor x = gpu().alloc(DType::F32, {1, 320});
+  Tensor out = gpu().alloc(DType::F32, {1, 64});
+  EXPECT_THROW(cuda::linear_nf4(gpu().context(), x, *gpu().device_nf4(narrow.nf4), out,
+                                cuda::Nf4Path::Dp4aGemv),
+               Error);
+  const LinearWeight wide = quantized(64, 1024, true);
+  const Tensor x5 = gpu().alloc(DType::F32, {5, 1024});
+  Tensor out5 = gpu().alloc(DType::F32, {5, 64});
+  EXPECT_THROW(cuda::linear_nf4(gpu().context(), x5, *gpu().device_nf4(wide.nf4), out5,
+                                cuda::Nf4Path::Dp4aGemv),
+               Error);
 }
 
 TEST_F(CudaLinear, Nf4StreamGemvRejectsMoreThan8Tokens) {

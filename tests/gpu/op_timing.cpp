@@ -127,6 +127,12 @@ void time_linears(cuda::CudaBackend& gpu) {
           cuda::linear_nf4(gpu.context(), x, *nf4s[i % kCopies], y, path, &gpu.nf4_workspace());
         };
       };
+      if (n <= cuda::kNf4Dp4aMaxTokens &&
+          cuda::nf4_dp4a_gemv_supported(cuda::make_nf4_params(*nf4s[0]), int(n),
+                                        gpu.context().multiprocessors())) {
+        report(shape_name("linear nf4 dp4a", out, in, n), nf4_path(cuda::Nf4Path::Dp4aGemv), gpu,
+               nf4_bytes(out, in) + activations, flops);
+      }
       if (n <= cuda::kNf4StreamMaxTokens) {
         report(shape_name("linear nf4 stream", out, in, n), nf4_path(cuda::Nf4Path::StreamGemv),
                gpu, nf4_bytes(out, in) + activations, flops);

@@ -1,4 +1,5 @@
-// The NF4 linear op. Decode (n <= 8) takes the streaming CUDA-core GEMV (nf4_gemv_stream.cu), small
+// The NF4 linear op. Decode (n <= 4) takes the integer-pipe GEMV (nf4_gemv_dp4a.cu) where the shape
+// allows it, else (n <= 8) the streaming CUDA-core GEMV (nf4_gemv_stream.cu), small
 // batches (n <= 32) the fused tensor-core GEMV (nf4_gemv.cu); both read the 4-bit weight once; more
 // tokens dequantize the weight into a dense matrix of its original dtype (the backend's shared
 // workspace buffer when there is one) and run a bf16 GEMM on it: cublasGemmEx or cuBLASLt,
@@ -94,15 +95,25 @@ void linear_nf4(CudaContext& ctx, const Tensor& x, const nf4::Nf4Weight& w, Tens
   const bool gemv_ok = nf4_gemv_supported(w) && aligned && n <= kNf4GemvMaxTokens;
   const bool stream_ok =
       n <= kNf4StreamMaxTokens && aligned && nf4_stream_gemv_supported(make_nf4_params(w));
-  // Auto takes the streaming GEMV for one token on the large matrices only: on the H200 it beat
+  // Auto takes the dp4a GEMV for up to 4 tokens where the shape allows (H200 lab, one token:
+  // 14336x4096 13-15 us against 33 for the streaming kernel; 4096x4096 7-9 us against 12 for the
+  // fused one). Otherwise the streaming GEMV for one token on the large matrices only: it beat
   // the fused GEMV there (14336x4096: 33 vs 40 us; 4096x14336: 31 vs 34 us) and lost on 4096x4096
   // (13.2 vs 12.0), 1024x4096 and at n >= 2.
   const bool stream_auto = stream_ok && n == 1 && w.rows * w.cols >= (int64_t(32) << 20);
+  const bool dp4a_ok = n <= kNf4Dp4aMaxTokens && aligned &&
+                       nf4_dp4a_gemv_supported(make_nf4_params(w), int(n), ctx.multiprocessors());
   if (path == Nf4Path::Auto) {
-    path = stream_auto ? Nf4Path::StreamGemv
+    path = dp4a_ok                              ? Nf4Path::Dp4aGemv
+           : stream_auto                        ? Nf4Path::StreamGemv
            : gemv_ok && n <= kAutoGemvMaxTokens ? Nf4Path::FusedGemv
-           : workspace ? kPrefillPath
-                       : Nf4Path::DequantizeGemm;
+           : workspace                          ? kPrefillPath
+                                                : Nf4Path::DequantizeGemm;
+  }
+  if (path == Nf4Path::Dp4aGemv) {
+    launch_nf4_dp4a_gemv(make_nf4_params(w), x.data_as<const float>(), out.data_as<float>(), int(n),
+                         ctx.multiprocessors(), ctx.stream());
+    return;
   }
   if (path == Nf4Path::StreamGemv) {
     require(stream_ok, op,

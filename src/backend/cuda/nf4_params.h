@@ -53,4 +53,15 @@ void launch_nf4_stream_gemv(const Nf4Params& p,
                             float* out,      // [n, rows] f32
                             int n, int multiprocessors, cudaStream_t stream);
 
+// The integer-pipe GEMV for decode (nf4_gemv_dp4a.cu): int8 code values and int8 activations per
+// 32 columns through dp4a, 1 <= n <= kNf4Dp4aMaxTokens; ~5e-3 relative from the fp32 product.
+// Needs cols a multiple of 1024 up to 16384, a code book whose codes 0..7 are <= 0 and 8..15 are
+// >= 0 (NF4's), a power-of-two nested block size and 16-byte aligned data.
+constexpr int kNf4Dp4aMaxTokens = 4;
+bool nf4_dp4a_gemv_supported(const Nf4Params& p, int n, int multiprocessors);
+void launch_nf4_dp4a_gemv(const Nf4Params& p,
+                          const float* x,  // [n, cols] f32
+                          float* out,      // [n, rows] f32
+                          int n, int multiprocessors, cudaStream_t stream);
+
 }  // namespace llamaq::cuda

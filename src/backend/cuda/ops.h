@@ -46,12 +46,13 @@ void linear_dense(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tenso
                   DensePath path = DensePath::Auto);
 
 class Nf4Workspace;
-// StreamGemv: CUDA-core streaming dequantize-and-multiply for n <= kNf4StreamMaxTokens (8), fp32,
-// the default for decode (nf4_gemv_stream.cu). FusedGemv: tensor-core dequantize-and-multiply for
-// n <= kNf4GemvMaxTokens (32), bf16 operands.
+// Dp4aGemv: integer-pipe GEMV for n <= kNf4Dp4aMaxTokens (4), int8 codes and activations, the
+// default for decode where the shape allows (nf4_gemv_dp4a.cu). StreamGemv: CUDA-core streaming
+// dequantize-and-multiply for n <= kNf4StreamMaxTokens (8), fp32 (nf4_gemv_stream.cu). FusedGemv:
+// tensor-core dequantize-and-multiply for n <= kNf4GemvMaxTokens (32), bf16 operands.
 // DequantizeGemm: dequantize into a dense scratch matrix, then cublasGemmEx.
 // DequantizeLt: dequantize into the workspace's shared buffer, then cuBLASLt (needs `workspace`).
-enum class Nf4Path { Auto, StreamGemv, FusedGemv, DequantizeGemm, DequantizeLt };
+enum class Nf4Path { Auto, Dp4aGemv, StreamGemv, FusedGemv, DequantizeGemm, DequantizeLt };
 // `w` holds device tensors (see upload_nf4). `workspace` (the backend's) may be null: the dense
 // matrix then comes from the caching allocator.
 void linear_nf4(CudaContext& ctx, const Tensor& x, const nf4::Nf4Weight& w, Tensor& out,
@@ -70,13 +71,11 @@ bool nf4_gemv_supported(const nf4::Nf4Weight& w);
 void rmsnorm_backward(CudaContext& ctx, const Tensor& x, const Tensor& weight, float eps,
                       const Tensor& dy, Tensor& dx);
 // rope.cu (the forward kernel rotating by -angle)
-void rope_backward(CudaContext& ctx, Tensor& grad, const Tensor& positions,
-                   const Tensor& inv_freq);
+void rope_backward(CudaContext& ctx, Tensor& grad, const Tensor& positions, const Tensor& inv_freq);
 // backward_attention.cu: FlashAttention-2 backward (log-sum-exp pass, then one block per key tile
 // and KV head accumulating dK/dV on chip, dQ by atomics).
 void attention_backward(CudaContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
-                        const Tensor& out, const Tensor& d_out, Tensor& dq, Tensor& dk,
-                        Tensor& dv);
+                        const Tensor& out, const Tensor& d_out, Tensor& dq, Tensor& dk, Tensor& dv);
 // backward_elementwise.cu
 void swiglu_backward(CudaContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& ds,
                      Tensor& d_gate, Tensor& d_up);
