@@ -20,7 +20,25 @@ const HostClockMark& host_mark(const TimingMark& mark) {
 
 }  // namespace
 
-std::unique_ptr<TimingMark> Backend::timing_mark() { return std::make_unique<HostClockMark>(); }
+void Backend::linear_group(const Tensor& x, std::span<const LinearWeight* const> ws,
+                           std::span<Tensor* const> outs) {
+  if (ws.size() != outs.size()) {
+    fail("linear_group: {} weights but {} outputs", ws.size(), outs.size());
+  }
+  for (size_t i = 0; i < ws.size(); ++i)
+    linear(x, *ws[i], *outs[i]);
+}
+
+void Backend::linear_swiglu(const Tensor& x, const LinearWeight& wg, const LinearWeight& wu,
+                            Tensor& gate, Tensor& up) {
+  linear(x, wg, gate);
+  linear(x, wu, up);
+  swiglu(gate, up, gate);
+}
+
+std::unique_ptr<TimingMark> Backend::timing_mark() {
+  return std::make_unique<HostClockMark>();
+}
 
 double Backend::elapsed_ms(const TimingMark& from, const TimingMark& to) {
   return std::chrono::duration<double, std::milli>(host_mark(to).time - host_mark(from).time)

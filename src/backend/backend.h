@@ -16,8 +16,8 @@ namespace llamaq {
 
 // One layer's slice of the paged KV cache, as the attention ops see it.
 struct KvLayerView {
-  Tensor k_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32, bf16 or f16 (CPU)
-  Tensor v_blocks;     // [n_blocks, block_size, n_kv_heads, head_dim] f32 or bf16 (as k_blocks)
+  Tensor k_blocks;  // [n_blocks, block_size, n_kv_heads, head_dim] f32, bf16 or f16 (CPU)
+  Tensor v_blocks;  // [n_blocks, block_size, n_kv_heads, head_dim] f32 or bf16 (as k_blocks)
   // [max_blocks] i32 shared by every token (one sequence), or [n, max_blocks] i32 with row t for
   // token t (a decode step of n sequences, one token each): entry i is the block holding
   // positions [i*bs, (i+1)*bs).
@@ -104,15 +104,29 @@ class Backend {
   virtual void rmsnorm(const Tensor& x,       // [n, d] f32
                        const Tensor& weight,  // [d]
                        float eps,
-                       Tensor& out) = 0;      // [n, d] f32
+                       Tensor& out) = 0;  // [n, d] f32
 
-  virtual void linear(const Tensor& x,           // [n, in] f32
-                      const LinearWeight& w,     // [out, in]
-                      Tensor& out) = 0;          // [n, out] f32: out = x w^T
+  virtual void linear(const Tensor& x,        // [n, in] f32
+                      const LinearWeight& w,  // [out, in]
+                      Tensor& out) = 0;       // [n, out] f32: out = x w^T
+
+  // Projections of one input (q, k and v): outs[i] = x ws[i]^T. A backend may run them as one
+  // kernel (the CUDA backend does for NF4 decode); the default runs one linear per weight.
+  virtual void linear_group(const Tensor& x,                          // [n, in] f32
+                            std::span<const LinearWeight* const> ws,  // each [out_i, in]
+                            std::span<Tensor* const> outs);           // each [n, out_i] f32
+
+  // The MLP's first half: gate = silu(x wg^T) * (x wu^T). `up` is scratch of gate's shape (its
+  // contents on return are unspecified). The default runs two linears and swiglu.
+  virtual void linear_swiglu(const Tensor& x,         // [n, in] f32
+                             const LinearWeight& wg,  // [f, in]
+                             const LinearWeight& wu,  // [f, in]
+                             Tensor& gate,            // [n, f] f32: the product on return
+                             Tensor& up);             // [n, f] f32 scratch
 
   // Rotates q or k in place with the HF rotate-half layout (specs §4.4).
-  virtual void rope(Tensor& x,                 // [n, heads, head_dim] f32
-                    const Tensor& positions,   // [n] i32
+  virtual void rope(Tensor& x,                    // [n, heads, head_dim] f32
+                    const Tensor& positions,      // [n] i32
                     const Tensor& inv_freq) = 0;  // [head_dim / 2] f32
 
   // Writes the keys and values of n tokens at their positions in the sequence's blocks.
@@ -125,13 +139,13 @@ class Backend {
   virtual void attention(const Tensor& q,          // [n, n_heads, head_dim] f32
                          const Tensor& positions,  // [n] i32
                          const KvLayerView& kv,
-                         Tensor& out) = 0;         // [n, n_heads * head_dim] f32
+                         Tensor& out) = 0;  // [n, n_heads * head_dim] f32
 
   virtual void swiglu(const Tensor& gate,  // [n, f] f32
                       const Tensor& up,    // [n, f] f32
                       Tensor& out) = 0;    // [n, f] f32: silu(gate) * up
 
-  virtual void add_inplace(Tensor& x,            // [n, d] f32
+  virtual void add_inplace(Tensor& x,             // [n, d] f32
                            const Tensor& y) = 0;  // [n, d] f32: x += y
 
   // Greedy decoding without copying logits off the device: each row's largest value's index
@@ -147,8 +161,8 @@ class Backend {
   virtual void rmsnorm_backward(const Tensor& x,       // [n, d] f32 forward input
                                 const Tensor& weight,  // [d]
                                 float eps,
-                                const Tensor& dy,      // [n, d] f32
-                                Tensor& dx) = 0;       // [n, d] f32 (overwritten)
+                                const Tensor& dy,  // [n, d] f32
+                                Tensor& dx) = 0;   // [n, d] f32 (overwritten)
 
   // RoPE's gradient: the rotation by -theta, in place.
   virtual void rope_backward(Tensor& grad,                 // [n, heads, head_dim] f32
@@ -192,11 +206,11 @@ class Backend {
 
   virtual void scale(const Tensor& x,  // [...] f32
                      float s,
-                     Tensor& out) = 0;  // [...] f32: out = s * x (may alias x)
-  virtual void multiply(const Tensor& x,  // [...] f32
-                        const Tensor& y,  // [...] f32
+                     Tensor& out) = 0;     // [...] f32: out = s * x (may alias x)
+  virtual void multiply(const Tensor& x,   // [...] f32
+                        const Tensor& y,   // [...] f32
                         Tensor& out) = 0;  // [...] f32: out = x * y (may alias x)
-  virtual void zero(Tensor& x) = 0;  // any dtype: all bytes 0
+  virtual void zero(Tensor& x) = 0;        // any dtype: all bytes 0
 
   // LoRA dropout mask: mask[i] = mix64(base + i) < threshold ? keep_scale : 0 (backend/mix64.h),
   // so every backend and every recomputation draws the same mask.
@@ -209,7 +223,7 @@ class Backend {
   virtual void cross_entropy(Tensor& logits,         // [rows, vocab] f32, gradient out
                              const Tensor& targets,  // [rows] i32
                              double normalizer,
-                             Tensor& losses) = 0;    // [rows] f64: CE of each row
+                             Tensor& losses) = 0;  // [rows] f64: CE of each row
 
   // sum over all tensors of sum(x^2), accumulated in double (waits for the device).
   virtual double sum_of_squares(std::span<const Tensor> xs) = 0;  // each [...] f32

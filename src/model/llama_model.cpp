@@ -97,14 +97,21 @@ void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
   Tensor q2 = act.q.reshaped({n, config_.q_dim()});
   Tensor k2 = act.k.reshaped({n, config_.kv_dim()});
   Tensor v2 = act.v.reshaped({n, config_.kv_dim()});
-  linear(act.normed, w.q_proj, q2);
-  linear(act.normed, w.k_proj, k2);
-  linear(act.normed, w.v_proj, v2);
+  if (!w.q_proj.lora && !w.k_proj.lora && !w.v_proj.lora) {
+    const LinearWeight* qkv[] = {&w.q_proj, &w.k_proj, &w.v_proj};
+    Tensor* qkv_out[] = {&q2, &k2, &v2};
+    b.linear_group(act.normed, qkv, qkv_out);  // one kernel where the backend can
+  } else {
+    linear(act.normed, w.q_proj, q2);
+    linear(act.normed, w.k_proj, k2);
+    linear(act.normed, w.v_proj, v2);
+  }
   b.rope(act.q, positions, inv_freq_);
   b.rope(act.k, positions, inv_freq_);
   // Attention is the one step per sequence: each reads its own blocks of the cache.
   for (const BatchSlice& s : groups) {
-    const KvLayerView kv = s.table.empty() ? cache.layer_view(layer, s.seq) : cache.layer_view(layer, s.table);
+    const KvLayerView kv =
+        s.table.empty() ? cache.layer_view(layer, s.seq) : cache.layer_view(layer, s.table);
     const Tensor pos = positions.slice_rows(s.begin, s.count);
     b.kv_store(act.k.slice_rows(s.begin, s.count), act.v.slice_rows(s.begin, s.count), pos, kv);
     Tensor out = act.attn.slice_rows(s.begin, s.count);
@@ -114,15 +121,18 @@ void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
   b.add_inplace(act.x, act.proj);
 
   b.rmsnorm(act.x, w.post_attention_norm, eps, act.normed);
-  linear(act.normed, w.gate_proj, act.gate);
-  linear(act.normed, w.up_proj, act.up);
-  b.swiglu(act.gate, act.up, act.gate);
+  if (!w.gate_proj.lora && !w.up_proj.lora) {
+    b.linear_swiglu(act.normed, w.gate_proj, w.up_proj, act.gate, act.up);
+  } else {
+    linear(act.normed, w.gate_proj, act.gate);
+    linear(act.normed, w.up_proj, act.up);
+    b.swiglu(act.gate, act.up, act.gate);
+  }
   linear(act.gate, w.down_proj, act.proj);
   b.add_inplace(act.x, act.proj);
 }
 
-Tensor LlamaModel::forward(KvCache& cache, int seq, std::span<const int32_t> ids,
-                           LogitsFor which) {
+Tensor LlamaModel::forward(KvCache& cache, int seq, std::span<const int32_t> ids, LogitsFor which) {
   const SequenceInput item{seq, ids};
   return forward_batch(cache, std::span(&item, 1), which);
 }
@@ -145,9 +155,11 @@ Tensor LlamaModel::forward_batch(KvCache& cache, std::span<const SequenceInput> 
     }
     slices.push_back({item.seq, int64_t(host_ids.size()), int64_t(item.ids.size()), Tensor()});
     host_ids.insert(host_ids.end(), item.ids.begin(), item.ids.end());
-    for (size_t i = 0; i < item.ids.size(); ++i) host_positions.push_back(int32_t(start + int64_t(i)));
+    for (size_t i = 0; i < item.ids.size(); ++i)
+      host_positions.push_back(int32_t(start + int64_t(i)));
   }
-  for (const SequenceInput& item : items) cache.reserve(item.seq, int64_t(item.ids.size()));
+  for (const SequenceInput& item : items)
+    cache.reserve(item.seq, int64_t(item.ids.size()));
   Tensor logits;
   if (graph_eligible(items, which)) {
     logits = decode_with_graph(cache, slices, host_ids, host_positions);
@@ -163,7 +175,8 @@ Tensor LlamaModel::forward_batch(KvCache& cache, std::span<const SequenceInput> 
     const std::vector<BatchSlice> groups = attention_groups(cache, slices);
     run_forward(cache, token_ids, positions, slices, groups, which, logits);
   }
-  for (const SequenceInput& item : items) cache.advance(item.seq, int64_t(item.ids.size()));
+  for (const SequenceInput& item : items)
+    cache.advance(item.seq, int64_t(item.ids.size()));
   return logits;
 }
 
@@ -173,7 +186,8 @@ std::vector<LlamaModel::BatchSlice> LlamaModel::attention_groups(
   const int64_t width = cache.max_blocks_per_sequence();
   for (size_t i = 0; i < slices.size();) {
     size_t end = i;
-    while (end < slices.size() && slices[end].count == 1) ++end;
+    while (end < slices.size() && slices[end].count == 1)
+      ++end;
     if (end - i < 2) {
       groups.push_back(slices[i++]);
       continue;
@@ -193,8 +207,8 @@ std::vector<LlamaModel::BatchSlice> LlamaModel::attention_groups(
 }
 
 void LlamaModel::run_forward(KvCache& cache, const Tensor& token_ids, const Tensor& positions,
-                             std::span<const BatchSlice> slices,
-                             std::span<const BatchSlice> groups, LogitsFor which, Tensor& logits) {
+                             std::span<const BatchSlice> slices, std::span<const BatchSlice> groups,
+                             LogitsFor which, Tensor& logits) {
   const int64_t n = token_ids.dim(0);
   Activations act(backend_, config_, n);
   backend_.embedding(weights_.embed_tokens, token_ids, act.x);
@@ -210,7 +224,8 @@ void LlamaModel::run_forward(KvCache& cache, const Tensor& token_ids, const Tens
   } else {
     for (size_t i = 0; i < slices.size(); ++i) {
       Tensor row = normed.slice_rows(int64_t(i), 1);
-      backend_.rmsnorm(act.x.slice_rows(slices[i].begin + slices[i].count - 1, 1), weights_.final_norm, eps, row);
+      backend_.rmsnorm(act.x.slice_rows(slices[i].begin + slices[i].count - 1, 1),
+                       weights_.final_norm, eps, row);
     }
   }
   backend_.linear(normed, weights_.lm_head, logits);

@@ -242,6 +242,57 @@ TEST_F(CudaLinear, Nf4Dp4aGemvMatchesTheCpu) {
   }
 }
 
+// q/k/v as one launch (linear_group) and gate/up with SwiGLU as one launch (linear_swiglu), against
+// the CPU's separate ops. Same 1e-2 bound as above (SwiGLU is smooth: the relative error of its
+// inputs carries over). Rows of unequal counts leave partial passes inside the group; 8192 columns
+// give one row per pass, where SwiGLU cannot pair rows and the backend falls back to two GEMVs.
+TEST_F(CudaLinear, Nf4Dp4aGroupsMatchTheCpu) {
+  struct Case {
+    int64_t q_rows, kv_rows, in, ffn;
+  };
+  const Case cases[] = {
+      {97, 33, 1024, 161}, {333, 65, 4096, 333}, {64, 16, 2048, 96}, {40, 8, 8192, 24}};
+  for (const Case& c : cases) {
+    const LinearWeight q = quantized(c.q_rows, c.in, true), k = quantized(c.kv_rows, c.in, true),
+                       v = quantized(c.kv_rows, c.in, true);
+    const LinearWeight gate = quantized(c.ffn, c.in, true), up = quantized(c.ffn, c.in, true);
+    const LinearWeight qg = gpu().upload_linear(q), kg = gpu().upload_linear(k),
+                       vg = gpu().upload_linear(v), gg = gpu().upload_linear(gate),
+                       ug = gpu().upload_linear(up);
+    for (int64_t n = 1; n <= cuda::kNf4Dp4aMaxTokens; ++n) {
+      const std::string key = "dp4a_group_" + std::to_string(c.in) + "_n" + std::to_string(n);
+      const Tensor x = gpu_test::random_tensor(DType::F32, {n, c.in}, rng_);
+      const Tensor xg = gpu().upload(x);
+      Tensor outs[3] = {gpu_test::poisoned(gpu(), {n, c.q_rows}),
+                        gpu_test::poisoned(gpu(), {n, c.kv_rows}),
+                        gpu_test::poisoned(gpu(), {n, c.kv_rows})};
+      const LinearWeight* ws[] = {&qg, &kg, &vg};
+      Tensor* out_ptrs[] = {&outs[0], &outs[1], &outs[2]};
+      gpu().linear_group(xg, ws, out_ptrs);
+      const LinearWeight* host[] = {&q, &k, &v};
+      for (int i = 0; i < 3; ++i) {
+        const auto values = host_values(gpu(), outs[i]);
+        const auto want = reference(x, *host[i]);
+        EXPECT_LE(record(key + "_m" + std::to_string(i), relative_error(values, want)),
+                  kBf16OperandTolerance)
+            << key << " matrix " << i << "; worst: " << worst_element(values, want, outs[i].dim(1));
+      }
+      Tensor product = gpu_test::poisoned(gpu(), {n, c.ffn});
+      Tensor scratch = gpu_test::poisoned(gpu(), {n, c.ffn});
+      gpu().linear_swiglu(xg, gg, ug, product, scratch);
+      Tensor g_cpu = cpu().alloc(DType::F32, {n, c.ffn}),
+             u_cpu = cpu().alloc(DType::F32, {n, c.ffn});
+      cpu().linear(x, gate, g_cpu);
+      cpu().linear(x, up, u_cpu);
+      cpu().swiglu(g_cpu, u_cpu, g_cpu);
+      const auto values = host_values(gpu(), product);
+      const auto want = host_values(gpu(), g_cpu);
+      EXPECT_LE(record(key + "_swiglu", relative_error(values, want)), kBf16OperandTolerance)
+          << key << " swiglu; worst: " << worst_element(values, want, c.ffn);
+    }
+  }
+}
+
 TEST_F(CudaLinear, Nf4Dp4aGemvRejectsWhatItCannotRun) {
   const LinearWeight narrow = quantized(64, 320, true);  // cols not a multiple of 1024
   const Tensor x = gpu().alloc(DType::F32, {1, 320});

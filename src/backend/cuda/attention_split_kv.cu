@@ -108,6 +108,7 @@ __device__ void write_block_state(const AttentionParams& p, const SplitKvWorkspa
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads)
     split_kv_attention_kernel(AttentionParams p, SplitKvWorkspace ws) {
+  allow_dependents_to_launch();
   p.block_table += int64_t(blockIdx.z) * p.table_stride;  // this query's sequence
   using L = SplitLayout<D>;
   __shared__ float m_s[L::kGroups];
@@ -170,6 +171,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Block (x = head, y = query): out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M).
 __global__ void combine_splits_kernel(AttentionParams p, SplitKvWorkspace ws) {
+  allow_dependents_to_launch();
   const int64_t first = (int64_t(blockIdx.y) * p.n_heads + blockIdx.x) * ws.n_splits;
   const float* stats = ws.partial_stats + 2 * first;
   float m_max = -INFINITY;

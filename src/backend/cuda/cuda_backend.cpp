@@ -89,6 +89,35 @@ void CudaBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   }
 }
 
+// NF4 projections without LoRA run as one dp4a launch when they can (decode), else one by one.
+void CudaBackend::linear_group(const Tensor& x, std::span<const LinearWeight* const> ws,
+                               std::span<Tensor* const> outs) {
+  ctx_.activate("linear");
+  if (ws.size() == outs.size() && ws.size() <= 3 && !ws.empty()) {
+    std::vector<std::shared_ptr<const nf4::Nf4Weight>> keep;
+    std::vector<const nf4::Nf4Weight*> device;
+    for (const LinearWeight* w : ws) {
+      if (!w->quantized()) break;
+      keep.push_back(device_nf4(w->nf4));
+      device.push_back(keep.back().get());
+    }
+    if (device.size() == ws.size() && linear_nf4_group(ctx_, x, device, outs, false)) return;
+  }
+  Backend::linear_group(x, ws, outs);
+}
+
+void CudaBackend::linear_swiglu(const Tensor& x, const LinearWeight& wg, const LinearWeight& wu,
+                                Tensor& gate, Tensor& up) {
+  ctx_.activate("linear");
+  if (wg.quantized() && wu.quantized()) {
+    const auto g = device_nf4(wg.nf4), u = device_nf4(wu.nf4);
+    const nf4::Nf4Weight* device[2] = {g.get(), u.get()};
+    Tensor* out[1] = {&gate};
+    if (linear_nf4_group(ctx_, x, device, out, true)) return;
+  }
+  Backend::linear_swiglu(x, wg, wu, gate, up);
+}
+
 void CudaBackend::rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
   ctx_.activate("rope");
   cuda::rope(ctx_, x, positions, inv_freq);
@@ -133,7 +162,9 @@ MemoryStats CudaBackend::memory_stats() const {
                      int64_t(a.peak_reserved_bytes())};
 }
 
-void CudaBackend::reset_peak_memory() { ctx_.allocator().reset_peaks(); }
+void CudaBackend::reset_peak_memory() {
+  ctx_.allocator().reset_peaks();
+}
 
 std::unique_ptr<TimingMark> CudaBackend::timing_mark() {
   return std::make_unique<CudaEventMark>(ctx_);
@@ -157,8 +188,8 @@ void CudaBackend::rope_backward(Tensor& grad, const Tensor& positions, const Ten
 }
 
 void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                     const Tensor& out, const Tensor& d_out, Tensor& dq,
-                                     Tensor& dk, Tensor& dv) {
+                                     const Tensor& out, const Tensor& d_out, Tensor& dq, Tensor& dk,
+                                     Tensor& dv) {
   ctx_.activate("attention_backward");
   cuda::attention_backward(ctx_, q, k, v, out, d_out, dq, dk, dv);
 }
@@ -208,8 +239,7 @@ void CudaBackend::zero(Tensor& x) {
              "cudaMemsetAsync");
 }
 
-void CudaBackend::dropout_mask(uint64_t base, uint64_t threshold, float keep_scale,
-                               Tensor& mask) {
+void CudaBackend::dropout_mask(uint64_t base, uint64_t threshold, float keep_scale, Tensor& mask) {
   ctx_.activate("dropout_mask");
   cuda::dropout_mask(ctx_, base, threshold, keep_scale, mask);
 }
@@ -225,8 +255,8 @@ double CudaBackend::sum_of_squares(std::span<const Tensor> xs) {
   return cuda::sum_of_squares(ctx_, xs);
 }
 
-void CudaBackend::adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg,
-                             Tensor& exp_avg_sq, const AdamWUpdate& update) {
+void CudaBackend::adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                             const AdamWUpdate& update) {
   ctx_.activate("adamw_step");
   cuda::adamw_step(ctx_, param, grad, exp_avg, exp_avg_sq, update);
 }

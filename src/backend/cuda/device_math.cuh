@@ -9,6 +9,23 @@ namespace llamaq::cuda {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
+// Programmatic dependent launch (sm_90 and newer; no-ops before): a kernel that calls
+// allow_dependents_to_launch() lets a successor launched with programmatic stream serialization
+// start before it ends; such a successor calls wait_for_predecessors() before it reads anything
+// its predecessors write (it then sees all their writes). The small ops of a decode step call the
+// first at entry, so the next weight stream (nf4_gemv_dp4a.cu) is already loading when they end.
+__device__ __forceinline__ void allow_dependents_to_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_predecessors() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1)

@@ -19,6 +19,7 @@ struct BinaryParams {
 
 // silu(g) * u = g / (1 + exp(-g)) * u, in the CPU reference's order of operations.
 __global__ void swiglu_kernel(BinaryParams p) {
+  allow_dependents_to_launch();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < p.numel;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float g = p.a[i];
@@ -27,6 +28,7 @@ __global__ void swiglu_kernel(BinaryParams p) {
 }
 
 __global__ void add_kernel(BinaryParams p) {
+  allow_dependents_to_launch();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < p.numel;
        i += int64_t(gridDim.x) * blockDim.x) {
     p.out[i] = __fadd_rn(p.a[i], p.b[i]);

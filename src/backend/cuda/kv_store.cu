@@ -1,5 +1,6 @@
 // kv_store: copies the keys and values of n tokens into the paged KV cache, token t going to
 // slot table[pos / block_size] * block_size + pos % block_size of the layer's block pool.
+#include "backend/cuda/device_math.cuh"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/tensor_checks.h"
 
@@ -22,6 +23,7 @@ struct KvStoreParams {
 
 // Block (x = token, y = chunk of the row).
 __global__ void kv_store_kernel(KvStoreParams p) {
+  allow_dependents_to_launch();
   const int64_t t = blockIdx.x;
   const int pos = p.positions[t];
   const int32_t* table = p.block_table + t * p.table_stride;

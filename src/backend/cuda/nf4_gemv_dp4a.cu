@@ -8,6 +8,9 @@
 // cols / 32 threads (whole warps) cover a row, and a CTA covers `rows_per_pass` rows per pass.
 // Row groups go to CTAs grid-stride; each thread keeps kStages 16-byte loads in flight in a
 // register ring (ld.global.nc, no L1 allocation), with its block's scale code and nested absmax.
+// One launch can cover up to three matrices that share x (q, k and v): their row groups follow
+// one another. Gate and up can also run as a pair whose passes hold gate row r next to up row r,
+// so that the kernel writes silu(gate) * up and the MLP needs no separate SwiGLU kernel.
 //
 // Decoding: the code book as int8, q = round(127 * code), split into its non-positive half
 // (codes 0..7, stored negated: 0..127) and its non-negative half (codes 8..15). One PRMT looks up
@@ -30,6 +33,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <span>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_math.cuh"
@@ -44,6 +48,7 @@ constexpr int kStages = 8;           // 16-byte loads in flight per thread
 constexpr int kMaxThreads = 512;     // a CTA: whole rows of whole warps
 constexpr int kTargetThreads = 256;  // rows per pass fill a CTA up to this many threads
 constexpr int kMaxSharedBytes = 40 * 1024;
+constexpr int kMaxGroup = 3;  // matrices of one launch (q, k, v)
 
 // The int8 half tables of a code book, or false when it does not split into a non-positive half
 // (codes 0..7) and a non-negative half (codes 8..15) within [-1, 1], as NF4's does.
@@ -82,18 +87,6 @@ __device__ __forceinline__ uint4 stream16(const uint8_t* p) {
 __device__ __forceinline__ uint32_t pack_bytes(int a, int b, int c, int d) {
   return (uint32_t(a) & 0xffu) | ((uint32_t(b) & 0xffu) << 8) | ((uint32_t(c) & 0xffu) << 16) |
          (uint32_t(d) << 24);
-}
-
-__device__ __forceinline__ void allow_dependents_to_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;");
-#endif
-}
-
-__device__ __forceinline__ void wait_for_predecessors() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
 }
 
 // x's 32 values from `col` on as int8, in the order the PRMT lookups yield the codes of a word:
@@ -145,38 +138,86 @@ __device__ __forceinline__ int chunk_dot(const uint4& w, const uint32_t (&xq)[8]
   return positive - negated;
 }
 
-template <int kTokens, bool kDoubleQuant>
+// One matrix of a group (q/k/v, or gate/up), and the group: matrices that share x, cols, the
+// block sizes, the scale format and the code book. Rows are cut into groups of rows_per_pass;
+// row group g of the whole launch belongs to the matrix whose first_group is the largest <= g.
+struct Dp4aMatrix {
+  const uint8_t* packed;        // [rows * cols / 2] u8
+  const uint8_t* absmax_codes;  // double quantization: [n_blocks] u8
+  const float* absmax;          // plain: [n_blocks] f32
+  const float* nested_absmax;   // double quantization: [n_blocks >> nested_shift] f32
+  const float* nested_map;      // double quantization: [256] f32
+  float nested_offset;
+  int rows;
+  int first_group;
+  float* out;  // [n, rows] f32 (with SwiGLU: the gate matrix's holds silu(gate) * up)
+};
+
+struct Dp4aGroup {
+  Dp4aMatrix m[kMaxGroup];
+  int count;
+  int cols;
+  int block_shift;
+  int nested_shift;
+  int rows_per_pass;
+  int total_groups;
+};
+
+// a, b or c by index (kernel parameters indexed at run time would be copied to local memory).
+template <typename T>
+__device__ __forceinline__ T pick(int i, T a, T b, T c) {
+  return i == 0 ? a : i == 1 ? b : c;
+}
+#define LLAMAQ_PICK(g, i, field) pick(i, (g).m[0].field, (g).m[1].field, (g).m[2].field)
+
+// kSwiglu: a group of two (gate, up) with an even rows_per_pass; a pass holds gate row r in its
+// even slots and up row r in the odd one after, and the kernel writes silu(gate) * up.
+template <int kTokens, bool kDoubleQuant, bool kSwiglu>
 __global__ void __launch_bounds__(kMaxThreads)
-    nf4_gemv_dp4a_kernel(Nf4Params p, HalfTables tables, int rows_per_pass,
-                         const float* __restrict__ x,  // [kTokens, cols] f32
-                         float* __restrict__ out) {    // [kTokens, rows] f32
+    nf4_gemv_dp4a_kernel(Dp4aGroup g, HalfTables tables,
+                         const float* __restrict__ x) {  // [kTokens, cols] f32
   extern __shared__ float dp4a_shared[];
-  float* nested_map = dp4a_shared;     // [256] (double quantization)
-  float* partial = dp4a_shared + 256;  // [iterations * rows_per_pass][kTokens][warps_per_row]
-  const int cols = int(p.cols), rows = int(p.rows);
+  float* nested_maps = dp4a_shared;                // [count][256] (double quantization)
+  float* partial = dp4a_shared + 256 * kMaxGroup;  // [iterations * rpp][kTokens][warps_per_row]
+  const int cols = g.cols, rpp = g.rows_per_pass;
   const int threads_per_row = cols / kChunkCols;
   const int warps_per_row = threads_per_row / 32;
   const int row_in_pass = int(threadIdx.x) / threads_per_row;
   const int col = (int(threadIdx.x) % threads_per_row) * kChunkCols;
   allow_dependents_to_launch();
 
-  const int groups = (rows + rows_per_pass - 1) / rows_per_pass;
   const int block = int(blockIdx.x), grid = int(gridDim.x);
-  const int iterations = block < groups ? (groups - block + grid - 1) / grid : 0;
+  const int iterations = block < g.total_groups ? (g.total_groups - block + grid - 1) / grid : 0;
+  // The matrix and row that this thread's slot of row group `group` reads.
+  auto locate = [&](int group, int& matrix, int& row) {
+    if (kSwiglu) {
+      matrix = row_in_pass & 1;
+      row = group * (rpp / 2) + row_in_pass / 2;
+    } else {
+      matrix = int(g.count > 1 && group >= g.m[1].first_group) +
+               int(g.count > 2 && group >= g.m[2].first_group);
+      row = (group - LLAMAQ_PICK(g, matrix, first_group)) * rpp + row_in_pass;
+    }
+  };
   uint4 ring[kStages];
   uint32_t ring_scale[kStages];  // u8 code (double quantization) or f32 absmax bits
   float ring_nested[kStages];
+  int ring_matrix[kStages];
   auto issue = [&](int slot, int i) {
-    const int row = min((block + i * grid) * rows_per_pass + row_in_pass, rows - 1);
+    int matrix, row;
+    locate(block + i * grid, matrix, row);
+    row = min(row, LLAMAQ_PICK(g, matrix, rows) - 1);  // a clamped duplicate is not stored
     const int64_t k = int64_t(row) * cols + col;
-    ring[slot] = stream16(p.packed + k / 2);
-    const unsigned block_index = unsigned(k >> p.block_shift);
+    ring[slot] = stream16(LLAMAQ_PICK(g, matrix, packed) + k / 2);
+    const unsigned block_index = unsigned(k >> g.block_shift);
     if (kDoubleQuant) {
-      ring_scale[slot] = __ldg(p.absmax_codes + block_index);
-      ring_nested[slot] = __ldg(p.nested_absmax + (block_index >> p.nested_shift));
+      ring_scale[slot] = __ldg(LLAMAQ_PICK(g, matrix, absmax_codes) + block_index);
+      ring_nested[slot] =
+          __ldg(LLAMAQ_PICK(g, matrix, nested_absmax) + (block_index >> g.nested_shift));
     } else {
-      ring_scale[slot] = __float_as_uint(__ldg(p.absmax + block_index));
+      ring_scale[slot] = __float_as_uint(__ldg(LLAMAQ_PICK(g, matrix, absmax) + block_index));
     }
+    ring_matrix[slot] = matrix;
   };
 #pragma unroll
   for (int s = 0; s < kStages; ++s)
@@ -184,8 +225,8 @@ __global__ void __launch_bounds__(kMaxThreads)
 
   wait_for_predecessors();  // x is the previous op's output
   if (kDoubleQuant) {
-    for (int i = int(threadIdx.x); i < 256; i += int(blockDim.x))
-      nested_map[i] = p.nested_map[i];
+    for (int i = int(threadIdx.x); i < 256 * g.count; i += int(blockDim.x))
+      nested_maps[i] = LLAMAQ_PICK(g, i / 256, nested_map)[i % 256];
   }
   uint32_t xq[kTokens][8];
   float step[kTokens];
@@ -204,36 +245,68 @@ __global__ void __launch_bounds__(kMaxThreads)
       const uint4 w = ring[s];
       const uint32_t scale_raw = ring_scale[s];
       const float nested = kDoubleQuant ? ring_nested[s] : 0.0f;
+      const int matrix = ring_matrix[s];
       if (i + kStages < iterations) issue(s, i + kStages);
-      const float scale = kDoubleQuant
-                              ? __fadd_rn(__fmul_rn(nested_map[scale_raw], nested), p.nested_offset)
-                              : __uint_as_float(scale_raw);
+      const float scale =
+          kDoubleQuant ? __fadd_rn(__fmul_rn(nested_maps[matrix * 256 + int(scale_raw)], nested),
+                                   LLAMAQ_PICK(g, matrix, nested_offset))
+                       : __uint_as_float(scale_raw);
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
         const float sum = warp_sum(float(chunk_dot(w, xq[t], tables)) * (step[t] * scale));
         if (lane0) {
-          partial[((i * rows_per_pass + row_in_pass) * kTokens + t) * warps_per_row + warp_in_row] =
-              sum;
+          partial[((i * rpp + row_in_pass) * kTokens + t) * warps_per_row + warp_in_row] = sum;
         }
       }
     }
   }
   __syncthreads();
-  for (int e = int(threadIdx.x); e < iterations * rows_per_pass * kTokens; e += int(blockDim.x)) {
-    const int t = e % kTokens, slot = e / kTokens;
-    const int row = (block + (slot / rows_per_pass) * grid) * rows_per_pass + slot % rows_per_pass;
-    if (row >= rows) continue;
+  // Slot e = (i * rpp + r) * kTokens + t; with SwiGLU, pairs of slots r = 2j, 2j + 1.
+  const int step_r = kSwiglu ? 2 : 1;
+  const int outputs = iterations * (rpp / step_r) * kTokens;
+  auto row_sum = [&](int slot, int t) {
     float sum = 0.0f;
     for (int w = 0; w < warps_per_row; ++w)
-      sum += partial[e * warps_per_row + w];
-    out[int64_t(t) * rows + row] = sum * (1.0f / 127.0f);
+      sum += partial[(slot * kTokens + t) * warps_per_row + w];
+    return sum * (1.0f / 127.0f);
+  };
+  for (int e = int(threadIdx.x); e < outputs; e += int(blockDim.x)) {
+    const int t = e % kTokens, pair = e / kTokens;
+    const int i = pair / (rpp / step_r), r = (pair % (rpp / step_r)) * step_r;
+    const int group = block + i * grid;
+    int matrix, row;
+    if (kSwiglu) {
+      matrix = 0;
+      row = group * (rpp / 2) + r / 2;
+    } else {
+      matrix = int(g.count > 1 && group >= g.m[1].first_group) +
+               int(g.count > 2 && group >= g.m[2].first_group);
+      row = (group - LLAMAQ_PICK(g, matrix, first_group)) * rpp + r;
+    }
+    const int rows = LLAMAQ_PICK(g, matrix, rows);
+    if (row >= rows) continue;
+    float value = row_sum(i * rpp + r, t);
+    if (kSwiglu) {  // the CPU reference's silu(g) * u: g / (1 + exp(-g)) * u
+      value =
+          __fmul_rn(__fdiv_rn(value, __fadd_rn(1.0f, expf(-value))), row_sum(i * rpp + r + 1, t));
+    }
+    LLAMAQ_PICK(g, matrix, out)[int64_t(t) * rows + row] = value;
   }
 }
+#undef LLAMAQ_PICK
 
-struct Launch {
-  int threads = 0, rows_per_pass = 0, grid = 0;
-  size_t shared_bytes = 0;
-};
+bool device_has_pdl(const char* op) {
+  static std::atomic<int> cached{-1};  // -1 unknown, 0 no, 1 yes (compute capability >= 9)
+  int value = cached.load(std::memory_order_relaxed);
+  if (value >= 0) return value == 1;
+  int device = 0, major = 0;
+  check_cuda(cudaGetDevice(&device), op, "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), op,
+             "cudaDeviceGetAttribute(compute capability)");
+  value = major >= 9 ? 1 : 0;
+  cached.store(value, std::memory_order_relaxed);
+  return value == 1;
+}
 
 // Resident blocks per multiprocessor of a kernel with `threads` threads (a multiple of 32), once
 // per process and size (the same on every device of one kind; a mixed machine only gets another
@@ -251,109 +324,147 @@ int blocks_per_multiprocessor(int threads, const char* op) {
   return value;
 }
 
-// CTA shape for cols (threads per row, rows per pass); false when cols does not fit.
-bool plan_shape(const Nf4Params& p, Launch& launch) {
-  if (p.cols <= 0 || p.cols % (kChunkCols * 32) != 0 || p.rows <= 0) return false;
-  const int64_t threads_per_row = p.cols / kChunkCols;
-  if (threads_per_row > kMaxThreads) return false;
-  launch.rows_per_pass = int(std::max<int64_t>(1, kTargetThreads / threads_per_row));
-  launch.threads = int(threads_per_row) * launch.rows_per_pass;
+// Whether one matrix can run here at all (shape, code book, scales, alignment).
+bool matrix_supported(const Nf4Params& p, HalfTables& tables) {
+  if (!half_tables_of(p.code_table, tables)) return false;
+  if (p.block_size < kChunkCols || (p.double_quant && p.nested_shift < 0)) return false;
+  if (p.cols <= 0 || p.cols % (kChunkCols * 32) != 0 || p.cols / kChunkCols > kMaxThreads) {
+    return false;
+  }
+  if (p.rows <= 0 || p.rows * p.cols >= (int64_t(1) << 40) || p.rows >= (int64_t(1) << 28)) {
+    return false;
+  }
+  return reinterpret_cast<uintptr_t>(p.packed) % 16 == 0;
+}
+
+// The group's parameters (outputs left null), or false when the matrices cannot share a launch.
+bool make_group(std::span<const Nf4Params> ps, bool swiglu, Dp4aGroup& g, HalfTables& tables) {
+  if (ps.empty() || ps.size() > size_t(kMaxGroup) || (swiglu && ps.size() != 2)) return false;
+  g = Dp4aGroup{};
+  g.count = int(ps.size());
+  const Nf4Params& first = ps[0];
+  if (!matrix_supported(first, tables)) return false;
+  g.cols = int(first.cols);
+  g.block_shift = first.block_shift;
+  g.nested_shift = first.double_quant ? first.nested_shift : 0;
+  const int threads_per_row = g.cols / kChunkCols;
+  g.rows_per_pass = std::max(1, kTargetThreads / threads_per_row);
+  if (swiglu && (g.rows_per_pass % 2 != 0 || ps[0].rows != ps[1].rows)) return false;
+  int groups = 0;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const Nf4Params& p = ps[i];
+    HalfTables own{};
+    if (!matrix_supported(p, own) || p.cols != first.cols || p.block_shift != first.block_shift ||
+        p.double_quant != first.double_quant ||
+        (p.double_quant && p.nested_shift != first.nested_shift) ||
+        std::memcmp(&own, &tables, sizeof own) != 0) {
+      return false;
+    }
+    g.m[i] = Dp4aMatrix{p.packed,        p.absmax_codes, p.absmax, p.nested_absmax, p.nested_map,
+                        p.nested_offset, int(p.rows),    groups,   nullptr};
+    if (!swiglu) groups += int((p.rows + g.rows_per_pass - 1) / g.rows_per_pass);
+  }
+  g.total_groups =
+      swiglu ? int((ps[0].rows + g.rows_per_pass / 2 - 1) / (g.rows_per_pass / 2)) : groups;
+  for (int i = g.count; i < kMaxGroup; ++i)
+    g.m[i] = g.m[0];  // never picked: keeps the selects free of null pointers
   return true;
 }
 
-bool plan_grid(const Nf4Params& p, int n, int blocks_per_sm, int multiprocessors, Launch& launch) {
-  const int64_t threads_per_row = p.cols / kChunkCols;
-  const int64_t groups = (p.rows + launch.rows_per_pass - 1) / launch.rows_per_pass;
-  launch.grid = int(std::min<int64_t>(groups, int64_t(blocks_per_sm) * multiprocessors));
-  const int64_t iterations = (groups + launch.grid - 1) / launch.grid;
-  launch.shared_bytes =
-      sizeof(float) * size_t(256 + iterations * launch.rows_per_pass * n * (threads_per_row / 32));
-  return launch.shared_bytes <= size_t(kMaxSharedBytes);
-}
-
-bool device_has_pdl(const char* op) {
-  static std::atomic<int> cached{-1};  // -1 unknown, 0 no, 1 yes (compute capability >= 9)
-  int value = cached.load(std::memory_order_relaxed);
-  if (value >= 0) return value == 1;
-  int device = 0, major = 0;
-  check_cuda(cudaGetDevice(&device), op, "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), op,
-             "cudaDeviceGetAttribute(compute capability)");
-  value = major >= 9 ? 1 : 0;
-  cached.store(value, std::memory_order_relaxed);
-  return value == 1;
-}
-
-template <int kTokens, bool kDoubleQuant>
-bool run(const Nf4Params& p, const HalfTables& tables, const float* x, float* out,
-         int multiprocessors, cudaStream_t stream, bool launch_it) {
-  constexpr auto kernel = nf4_gemv_dp4a_kernel<kTokens, kDoubleQuant>;
-  Launch launch;
-  if (!plan_shape(p, launch) ||
-      !plan_grid(p, kTokens, blocks_per_multiprocessor<kernel>(launch.threads, "linear"),
-                 multiprocessors, launch)) {
-    return false;
-  }
+template <int kTokens, bool kDoubleQuant, bool kSwiglu>
+bool run(Dp4aGroup& g, const HalfTables& tables, const float* x, int multiprocessors,
+         cudaStream_t stream, bool launch_it) {
+  constexpr auto kernel = nf4_gemv_dp4a_kernel<kTokens, kDoubleQuant, kSwiglu>;
+  const int threads = g.cols / kChunkCols * g.rows_per_pass;
+  const int per_sm = blocks_per_multiprocessor<kernel>(threads, "linear");
+  const int grid = std::min(g.total_groups, per_sm * multiprocessors);
+  const int iterations = (g.total_groups + grid - 1) / grid;
+  const size_t shared_bytes =
+      sizeof(float) * (size_t(256) * kMaxGroup + size_t(iterations) * size_t(g.rows_per_pass) *
+                                                     kTokens * size_t(g.cols / kChunkCols / 32));
+  if (shared_bytes > size_t(kMaxSharedBytes)) return false;
   if (!launch_it) return true;
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned(launch.grid));
-  config.blockDim = dim3(unsigned(launch.threads));
-  config.dynamicSmemBytes = launch.shared_bytes;
+  config.gridDim = dim3(unsigned(grid));
+  config.blockDim = dim3(unsigned(threads));
+  config.dynamicSmemBytes = shared_bytes;
   config.stream = stream;
   cudaLaunchAttribute attribute[1];
   attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attribute;
   config.numAttrs = device_has_pdl("linear") ? 1 : 0;
-  check_cuda(cudaLaunchKernelEx(&config, kernel, p, tables, launch.rows_per_pass, x, out), "linear",
+  check_cuda(cudaLaunchKernelEx(&config, kernel, g, tables, x), "linear",
              "cudaLaunchKernelEx(nf4_gemv_dp4a_kernel)");
   return true;
 }
 
 template <int kTokens>
-bool run_for_scales(const Nf4Params& p, const HalfTables& tables, const float* x, float* out,
-                    int multiprocessors, cudaStream_t stream, bool launch_it) {
-  return p.double_quant
-             ? run<kTokens, true>(p, tables, x, out, multiprocessors, stream, launch_it)
-             : run<kTokens, false>(p, tables, x, out, multiprocessors, stream, launch_it);
+bool run_for_mode(Dp4aGroup& g, bool double_quant, bool swiglu, const HalfTables& tables,
+                  const float* x, int multiprocessors, cudaStream_t stream, bool launch_it) {
+  if (swiglu) {
+    return double_quant
+               ? run<kTokens, true, true>(g, tables, x, multiprocessors, stream, launch_it)
+               : run<kTokens, false, true>(g, tables, x, multiprocessors, stream, launch_it);
+  }
+  return double_quant
+             ? run<kTokens, true, false>(g, tables, x, multiprocessors, stream, launch_it)
+             : run<kTokens, false, false>(g, tables, x, multiprocessors, stream, launch_it);
 }
 
-bool dispatch(const Nf4Params& p, const float* x, float* out, int n, int multiprocessors,
-              cudaStream_t stream, bool launch_it) {
+bool dispatch(std::span<const Nf4Params> ps, const float* x, std::span<float* const> outs, int n,
+              bool swiglu, int multiprocessors, cudaStream_t stream, bool launch_it) {
+  Dp4aGroup g;
   HalfTables tables{};
-  if (!half_tables_of(p.code_table, tables)) return false;
-  if (p.block_size < kChunkCols || (p.double_quant && p.nested_shift < 0)) return false;
-  if (p.rows * p.cols >= (int64_t(1) << 40) || p.rows >= (int64_t(1) << 31)) return false;
-  if (reinterpret_cast<uintptr_t>(p.packed) % 16 != 0) return false;
+  if (!make_group(ps, swiglu, g, tables)) return false;
   if (x != nullptr && reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
+  for (size_t i = 0; i < outs.size() && i < size_t(g.count); ++i)
+    g.m[i].out = outs[i];
+  const bool dq = ps[0].double_quant;
   switch (n) {
     case 1:
-      return run_for_scales<1>(p, tables, x, out, multiprocessors, stream, launch_it);
+      return run_for_mode<1>(g, dq, swiglu, tables, x, multiprocessors, stream, launch_it);
     case 2:
-      return run_for_scales<2>(p, tables, x, out, multiprocessors, stream, launch_it);
+      return run_for_mode<2>(g, dq, swiglu, tables, x, multiprocessors, stream, launch_it);
     case 3:
-      return run_for_scales<3>(p, tables, x, out, multiprocessors, stream, launch_it);
+      return run_for_mode<3>(g, dq, swiglu, tables, x, multiprocessors, stream, launch_it);
     case 4:
-      return run_for_scales<4>(p, tables, x, out, multiprocessors, stream, launch_it);
+      return run_for_mode<4>(g, dq, swiglu, tables, x, multiprocessors, stream, launch_it);
     default:
       return false;
   }
 }
 
+[[noreturn]] void fail_unsupported() {
+  fail_op("linear",
+          "the dp4a NF4 GEMV needs cols a multiple of 1024 (at most 16384), 1 to 4 tokens, a code "
+          "book with non-positive codes 0..7 and non-negative codes 8..15, 16-byte aligned data, "
+          "and for a group: the same cols, block size, scale format and code book");
+}
+
 }  // namespace
 
 bool nf4_dp4a_gemv_supported(const Nf4Params& p, int n, int multiprocessors) {
-  return dispatch(p, nullptr, nullptr, n, multiprocessors, nullptr, false);
+  return dispatch(std::span(&p, 1), nullptr, {}, n, false, multiprocessors, nullptr, false);
 }
 
 void launch_nf4_dp4a_gemv(const Nf4Params& p, const float* x, float* out, int n,
                           int multiprocessors, cudaStream_t stream) {
-  if (!dispatch(p, x, out, n, multiprocessors, stream, true)) {
-    fail_op("linear",
-            "the dp4a NF4 GEMV needs cols a multiple of 1024 (at most 16384), 1 to 4 tokens, a "
-            "code book with non-positive codes 0..7 and non-negative codes 8..15, and 16-byte "
-            "aligned data");
+  if (!dispatch(std::span(&p, 1), x, std::span(&out, 1), n, false, multiprocessors, stream, true)) {
+    fail_unsupported();
   }
+}
+
+bool nf4_dp4a_group_supported(std::span<const Nf4Params> ps, int n, bool swiglu,
+                              int multiprocessors) {
+  return dispatch(ps, nullptr, {}, n, swiglu, multiprocessors, nullptr, false);
+}
+
+void launch_nf4_dp4a_group(std::span<const Nf4Params> ps, const float* x,
+                           std::span<float* const> outs, int n, bool swiglu, int multiprocessors,
+                           cudaStream_t stream) {
+  if (outs.size() != (swiglu ? 1 : ps.size())) fail_op("linear", "dp4a group: wrong output count");
+  if (!dispatch(ps, x, outs, n, swiglu, multiprocessors, stream, true)) fail_unsupported();
 }
 
 }  // namespace llamaq::cuda

@@ -146,4 +146,32 @@ void linear_nf4(CudaContext& ctx, const Tensor& x, const nf4::Nf4Weight& w, Tens
   linear_dense(ctx, x, dense, out);
 }
 
+bool linear_nf4_group(CudaContext& ctx, const Tensor& x, std::span<const nf4::Nf4Weight* const> ws,
+                      std::span<Tensor* const> outs, bool swiglu) {
+  const char* op = "linear";
+  require_tensor(x, DType::F32, 2, op, "x");
+  const int64_t n = x.dim(0);
+  if (n < 1 || n > kNf4Dp4aMaxTokens || ws.empty() || ws.size() > 3) return false;
+  if (outs.size() != (swiglu ? 1 : ws.size())) return false;
+  if (reinterpret_cast<uintptr_t>(x.data()) % 16 != 0) return false;
+  Nf4Params params[3];
+  float* out_data[3] = {};
+  for (size_t i = 0; i < ws.size(); ++i) {
+    require(x.dim(1) == ws[i]->cols, op,
+            fmt::format("x {} does not fit the NF4 weight [{}, {}]", shape_to_string(x.shape()),
+                        ws[i]->rows, ws[i]->cols));
+    params[i] = make_nf4_params(*ws[i]);
+  }
+  for (size_t i = 0; i < outs.size(); ++i) {
+    require_tensor(*outs[i], DType::F32, 2, op, "out");
+    require_shape(*outs[i], {n, ws[i]->rows}, op, "out");
+    out_data[i] = outs[i]->data_as<float>();
+  }
+  const std::span<const Nf4Params> group(params, ws.size());
+  if (!nf4_dp4a_group_supported(group, int(n), swiglu, ctx.multiprocessors())) return false;
+  launch_nf4_dp4a_group(group, x.data_as<const float>(), std::span(out_data, outs.size()), int(n),
+                        swiglu, ctx.multiprocessors(), ctx.stream());
+  return true;
+}
+
 }  // namespace llamaq::cuda

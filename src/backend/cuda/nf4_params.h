@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <span>
 
 #include "quant/nf4.h"
 
@@ -63,5 +64,14 @@ void launch_nf4_dp4a_gemv(const Nf4Params& p,
                           const float* x,  // [n, cols] f32
                           float* out,      // [n, rows] f32
                           int n, int multiprocessors, cudaStream_t stream);
+// Up to three matrices with the same cols, block size, scale format and code book in one launch:
+// outs[i] = x ps[i]^T ([n, rows_i] f32 each). With `swiglu` (two matrices of equal rows: gate,
+// up), one output: silu(x gate^T) * (x up^T), [n, rows] f32.
+bool nf4_dp4a_group_supported(std::span<const Nf4Params> ps, int n, bool swiglu,
+                              int multiprocessors);
+void launch_nf4_dp4a_group(std::span<const Nf4Params> ps,
+                           const float* x,                // [n, cols] f32
+                           std::span<float* const> outs,  // see above
+                           int n, bool swiglu, int multiprocessors, cudaStream_t stream);
 
 }  // namespace llamaq::cuda

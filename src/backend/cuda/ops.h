@@ -57,6 +57,14 @@ enum class Nf4Path { Auto, Dp4aGemv, StreamGemv, FusedGemv, DequantizeGemm, Dequ
 // matrix then comes from the caching allocator.
 void linear_nf4(CudaContext& ctx, const Tensor& x, const nf4::Nf4Weight& w, Tensor& out,
                 Nf4Path path = Nf4Path::Auto, Nf4Workspace* workspace = nullptr);
+// Several NF4 projections of one x as one dp4a launch (decode: n <= kNf4Dp4aMaxTokens): outs[i] =
+// x ws[i]^T, or with `swiglu` (ws = gate, up) outs[0] = silu(x gate^T) * (x up^T). Returns false,
+// having done nothing, when the group cannot run as one launch (the caller runs the ops one by
+// one).
+bool linear_nf4_group(CudaContext& ctx,
+                      const Tensor& x,                              // [n, in] f32
+                      std::span<const nf4::Nf4Weight* const> ws,    // device tensors
+                      std::span<Tensor* const> outs, bool swiglu);  // each [n, out_i] f32
 // The whole NF4 weight dequantized to `out` ([rows, cols] of w.original_dtype), bit-exact with
 // nf4::dequantize.
 // `staged` (the default) writes through shared memory so a warp's stores are contiguous; false

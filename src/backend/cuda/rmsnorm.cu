@@ -59,6 +59,7 @@ __device__ __forceinline__ float4 load_weight4(const __half* w, int64_t i) {
 // d % 4 == 0, d <= kMaxCachedVecs * 4 * kThreads, 16-byte aligned rows, 8-byte aligned weight.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) rmsnorm_cached_kernel(RmsnormParams p) {
+  allow_dependents_to_launch();
   const float4* row = reinterpret_cast<const float4*>(p.x + int64_t(blockIdx.x) * p.d);
   float4* row_out = reinterpret_cast<float4*>(p.out + int64_t(blockIdx.x) * p.d);
   const int vecs = int(p.d / 4);
@@ -90,6 +91,7 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_cached_kernel(RmsnormParams 
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) rmsnorm_kernel(RmsnormParams p) {
+  allow_dependents_to_launch();
   const float* row = p.x + int64_t(blockIdx.x) * p.d;
   float* row_out = p.out + int64_t(blockIdx.x) * p.d;
   double sum_squares = 0;

@@ -7,6 +7,7 @@
 // rope_backward rotates by -angle (the gradient of a rotation is the inverse rotation): the same
 // kernel with the sine table negated, which rounds exactly as the CPU's backward (a*c + b*s is
 // a*c - b*(-s) bit for bit).
+#include "backend/cuda/device_math.cuh"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/tensor_checks.h"
 
@@ -25,6 +26,7 @@ struct RopeParams {
 
 template <bool kInverse>
 __global__ void __launch_bounds__(kThreads) rope_kernel(RopeParams p) {
+  allow_dependents_to_launch();
   extern __shared__ float table[];  // cos [half], then sin [half]
   float* cos_v = table;
   float* sin_v = table + p.half;
