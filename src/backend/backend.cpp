@@ -20,6 +20,12 @@ const HostClockMark& host_mark(const TimingMark& mark) {
 
 }  // namespace
 
+void Backend::add_rmsnorm(Tensor& x, const Tensor& residual, const Tensor& weight, float eps,
+                          Tensor& out) {
+  add_inplace(x, residual);
+  rmsnorm(x, weight, eps, out);
+}
+
 void Backend::linear_group(const Tensor& x, std::span<const LinearWeight* const> ws,
                            std::span<Tensor* const> outs) {
   if (ws.size() != outs.size()) {

@@ -106,6 +106,14 @@ class Backend {
                        float eps,
                        Tensor& out) = 0;  // [n, d] f32
 
+  // x += residual, then out = rmsnorm(x): a residual add and the norm after it as one op. The
+  // default runs add_inplace and rmsnorm.
+  virtual void add_rmsnorm(Tensor& x,               // [n, d] f32, the sum on return
+                           const Tensor& residual,  // [n, d] f32
+                           const Tensor& weight,    // [d]
+                           float eps,
+                           Tensor& out);  // [n, d] f32
+
   virtual void linear(const Tensor& x,        // [n, in] f32
                       const LinearWeight& w,  // [out, in]
                       Tensor& out) = 0;       // [n, out] f32: out = x w^T

@@ -93,7 +93,9 @@ void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
   const float eps = float(config_.rms_norm_eps);
   Backend& b = backend_;
 
-  b.rmsnorm(act.x, w.input_norm, eps, act.normed);
+  // Layer 0 norms its input here; every later layer's input norm ran with the residual add that
+  // ended the layer before (add_rmsnorm below).
+  if (layer == 0) b.rmsnorm(act.x, w.input_norm, eps, act.normed);
   Tensor q2 = act.q.reshaped({n, config_.q_dim()});
   Tensor k2 = act.k.reshaped({n, config_.kv_dim()});
   Tensor v2 = act.v.reshaped({n, config_.kv_dim()});
@@ -118,9 +120,7 @@ void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
     b.attention(act.q.slice_rows(s.begin, s.count), pos, kv, out);
   }
   linear(act.attn, w.o_proj, act.proj);
-  b.add_inplace(act.x, act.proj);
-
-  b.rmsnorm(act.x, w.post_attention_norm, eps, act.normed);
+  b.add_rmsnorm(act.x, act.proj, w.post_attention_norm, eps, act.normed);
   if (!w.gate_proj.lora && !w.up_proj.lora) {
     b.linear_swiglu(act.normed, w.gate_proj, w.up_proj, act.gate, act.up);
   } else {
@@ -129,7 +129,11 @@ void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
     b.swiglu(act.gate, act.up, act.gate);
   }
   linear(act.gate, w.down_proj, act.proj);
-  b.add_inplace(act.x, act.proj);
+  if (size_t(layer) + 1 < weights_.layers.size()) {
+    b.add_rmsnorm(act.x, act.proj, weights_.layers[size_t(layer) + 1].input_norm, eps, act.normed);
+  } else {
+    b.add_inplace(act.x, act.proj);
+  }
 }
 
 Tensor LlamaModel::forward(KvCache& cache, int seq, std::span<const int32_t> ids, LogitsFor which) {

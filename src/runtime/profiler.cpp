@@ -13,12 +13,15 @@
 namespace llamaq {
 namespace {
 
-std::string dims(const Tensor& t) { return shape_to_string(t.shape()); }
+std::string dims(const Tensor& t) {
+  return shape_to_string(t.shape());
+}
 
 std::string linear_kind(const LinearWeight& w) {
   if (w.quantized()) return "linear.nf4";
   std::string name = "linear." + std::string(dtype_name(w.weight.dtype()));
-  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+  std::transform(name.begin(), name.end(), name.begin(),
+                 [](unsigned char c) { return char(std::tolower(c)); });
   return name;
 }
 
@@ -84,7 +87,8 @@ std::vector<ProfilingBackend::OpSummary> ProfilingBackend::summary() {
     s.total_ms += e.duration_ms;
   }
   std::vector<OpSummary> rows;
-  for (auto& [name, s] : by_name) rows.push_back(s);
+  for (auto& [name, s] : by_name)
+    rows.push_back(s);
   std::sort(rows.begin(), rows.end(),
             [](const OpSummary& a, const OpSummary& b) { return a.total_ms > b.total_ms; });
   return rows;
@@ -93,14 +97,16 @@ std::vector<ProfilingBackend::OpSummary> ProfilingBackend::summary() {
 std::string ProfilingBackend::summary_table(size_t max_rows) {
   const std::vector<OpSummary> rows = summary();
   double total = 0;
-  for (const OpSummary& r : rows) total += r.total_ms;
+  for (const OpSummary& r : rows)
+    total += r.total_ms;
   std::string out = fmt::format("ops on {} by total time ({:.3f} ms in {} ops)\n", inner_->name(),
                                 total, events_.size());
   out += "| op | calls | total ms | mean us | % |\n|---|---|---|---|---|\n";
   for (size_t i = 0; i < rows.size() && i < max_rows; ++i) {
     const OpSummary& r = rows[i];
-    out += fmt::format("| {} | {} | {:.3f} | {:.1f} | {:.1f} |\n", r.name, r.calls, r.total_ms,
-                       1e3 * r.total_ms / double(r.calls), total > 0 ? 100 * r.total_ms / total : 0);
+    out +=
+        fmt::format("| {} | {} | {:.3f} | {:.1f} | {:.1f} |\n", r.name, r.calls, r.total_ms,
+                    1e3 * r.total_ms / double(r.calls), total > 0 ? 100 * r.total_ms / total : 0);
   }
   return out;
 }
@@ -110,26 +116,48 @@ void ProfilingBackend::write_chrome_trace(const std::filesystem::path& path) {
   nlohmann::json events = nlohmann::json::array();
   for (const Region& r : regions_) {
     if (r.duration_ms < 0) continue;
-    events.push_back({{"name", r.name}, {"cat", "region"}, {"ph", "X"}, {"pid", 0}, {"tid", 0},
-                      {"ts", r.start_ms * 1e3}, {"dur", r.duration_ms * 1e3}});
+    events.push_back({{"name", r.name},
+                      {"cat", "region"},
+                      {"ph", "X"},
+                      {"pid", 0},
+                      {"tid", 0},
+                      {"ts", r.start_ms * 1e3},
+                      {"dur", r.duration_ms * 1e3}});
   }
   for (const Event& e : events_) {
     nlohmann::json args = {{"shapes", e.detail}};
     if (e.region >= 0) args["region"] = regions_[size_t(e.region)].name;
-    events.push_back({{"name", e.name}, {"cat", "op"}, {"ph", "X"}, {"pid", 0}, {"tid", 1},
-                      {"ts", e.start_ms * 1e3}, {"dur", e.duration_ms * 1e3}, {"args", args}});
+    events.push_back({{"name", e.name},
+                      {"cat", "op"},
+                      {"ph", "X"},
+                      {"pid", 0},
+                      {"tid", 1},
+                      {"ts", e.start_ms * 1e3},
+                      {"dur", e.duration_ms * 1e3},
+                      {"args", args}});
   }
-  const nlohmann::json names = {
-      {{"name", "thread_name"}, {"ph", "M"}, {"pid", 0}, {"tid", 0}, {"args", {{"name", "regions"}}}},
-      {{"name", "thread_name"}, {"ph", "M"}, {"pid", 0}, {"tid", 1},
-       {"args", {{"name", std::string(inner_->name()) + " ops"}}}}};
-  for (const auto& n : names) events.push_back(n);
+  const nlohmann::json names = {{{"name", "thread_name"},
+                                 {"ph", "M"},
+                                 {"pid", 0},
+                                 {"tid", 0},
+                                 {"args", {{"name", "regions"}}}},
+                                {{"name", "thread_name"},
+                                 {"ph", "M"},
+                                 {"pid", 0},
+                                 {"tid", 1},
+                                 {"args", {{"name", std::string(inner_->name()) + " ops"}}}}};
+  for (const auto& n : names)
+    events.push_back(n);
   const nlohmann::json trace = {{"traceEvents", events}, {"displayTimeUnit", "ms"}};
   write_file_atomic(path, trace.dump() + "\n");
 }
 
-Tensor ProfilingBackend::alloc(DType dtype, Shape shape) { return inner_->alloc(dtype, std::move(shape)); }
-Tensor ProfilingBackend::upload(const Tensor& host) { return inner_->upload(host); }
+Tensor ProfilingBackend::alloc(DType dtype, Shape shape) {
+  return inner_->alloc(dtype, std::move(shape));
+}
+Tensor ProfilingBackend::upload(const Tensor& host) {
+  return inner_->upload(host);
+}
 LinearWeight ProfilingBackend::upload_linear(const LinearWeight& host) {
   return inner_->upload_linear(host);
 }
@@ -151,8 +179,33 @@ void ProfilingBackend::rmsnorm(const Tensor& x, const Tensor& weight, float eps,
 }
 
 void ProfilingBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
-  timed(linear_kind(w), dims(x) + " x [" + std::to_string(w.out_features()) + ", " + std::to_string(w.in_features()) + "]",
+  timed(linear_kind(w),
+        dims(x) + " x [" + std::to_string(w.out_features()) + ", " +
+            std::to_string(w.in_features()) + "]",
         [&] { inner_->linear(x, w, out); });
+}
+
+void ProfilingBackend::add_rmsnorm(Tensor& x, const Tensor& residual, const Tensor& weight,
+                                   float eps, Tensor& out) {
+  timed("add_rmsnorm", dims(x), [&] { inner_->add_rmsnorm(x, residual, weight, eps, out); });
+}
+
+void ProfilingBackend::linear_group(const Tensor& x, std::span<const LinearWeight* const> ws,
+                                    std::span<Tensor* const> outs) {
+  std::string shapes = dims(x) + " x";
+  for (const LinearWeight* w : ws)
+    shapes +=
+        " [" + std::to_string(w->out_features()) + ", " + std::to_string(w->in_features()) + "]";
+  timed(ws.empty() ? std::string("linear_group") : linear_kind(*ws[0]) + ".group", shapes,
+        [&] { inner_->linear_group(x, ws, outs); });
+}
+
+void ProfilingBackend::linear_swiglu(const Tensor& x, const LinearWeight& wg,
+                                     const LinearWeight& wu, Tensor& gate, Tensor& up) {
+  timed(linear_kind(wg) + ".swiglu",
+        dims(x) + " x 2 [" + std::to_string(wg.out_features()) + ", " +
+            std::to_string(wg.in_features()) + "]",
+        [&] { inner_->linear_swiglu(x, wg, wu, gate, up); });
 }
 
 void ProfilingBackend::rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
@@ -202,7 +255,8 @@ void ProfilingBackend::attention_backward(const Tensor& q, const Tensor& k, cons
 
 void ProfilingBackend::swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& ds,
                                        Tensor& d_gate, Tensor& d_up) {
-  timed("swiglu_backward", dims(gate), [&] { inner_->swiglu_backward(gate, up, ds, d_gate, d_up); });
+  timed("swiglu_backward", dims(gate),
+        [&] { inner_->swiglu_backward(gate, up, ds, d_gate, d_up); });
 }
 
 void ProfilingBackend::linear_backward_input(const Tensor& dy, const LinearWeight& w, Tensor& dx) {
@@ -231,7 +285,8 @@ void ProfilingBackend::zero(Tensor& x) {
 
 void ProfilingBackend::dropout_mask(uint64_t base, uint64_t threshold, float keep_scale,
                                     Tensor& mask) {
-  timed("dropout_mask", dims(mask), [&] { inner_->dropout_mask(base, threshold, keep_scale, mask); });
+  timed("dropout_mask", dims(mask),
+        [&] { inner_->dropout_mask(base, threshold, keep_scale, mask); });
 }
 
 void ProfilingBackend::cross_entropy(Tensor& logits, const Tensor& targets, double normalizer,

@@ -243,9 +243,12 @@ TEST_F(CudaLinear, Nf4Dp4aGemvMatchesTheCpu) {
 }
 
 // q/k/v as one launch (linear_group) and gate/up with SwiGLU as one launch (linear_swiglu), against
-// the CPU's separate ops. Same 1e-2 bound as above (SwiGLU is smooth: the relative error of its
-// inputs carries over). Rows of unequal counts leave partial passes inside the group; 8192 columns
-// give one row per pass, where SwiGLU cannot pair rows and the backend falls back to two GEMVs.
+// the CPU's separate ops. Each projection has the 1e-2 bound above; silu(g) * u is a product of
+// two such values, and to first order a product's relative error is the sum of its factors', so
+// the SwiGLU output has 2e-2 (measured 1.03e-2 to 1.09e-2 on the H200, also where the backend
+// falls back to two GEMVs and the SwiGLU kernel: it is the int8 rounding, not the fusion). Rows of
+// unequal counts leave partial passes inside the group; 8192 columns give one row per pass, where
+// SwiGLU cannot pair rows and the backend falls back to two GEMVs.
 TEST_F(CudaLinear, Nf4Dp4aGroupsMatchTheCpu) {
   struct Case {
     int64_t q_rows, kv_rows, in, ffn;
@@ -287,7 +290,7 @@ TEST_F(CudaLinear, Nf4Dp4aGroupsMatchTheCpu) {
       cpu().swiglu(g_cpu, u_cpu, g_cpu);
       const auto values = host_values(gpu(), product);
       const auto want = host_values(gpu(), g_cpu);
-      EXPECT_LE(record(key + "_swiglu", relative_error(values, want)), kBf16OperandTolerance)
+      EXPECT_LE(record(key + "_swiglu", relative_error(values, want)), 2 * kBf16OperandTolerance)
           << key << " swiglu; worst: " << worst_element(values, want, c.ffn);
     }
   }

@@ -79,6 +79,12 @@ void CudaBackend::rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tens
   cuda::rmsnorm(ctx_, x, weight, eps, out);
 }
 
+void CudaBackend::add_rmsnorm(Tensor& x, const Tensor& residual, const Tensor& weight, float eps,
+                              Tensor& out) {
+  ctx_.activate("add_rmsnorm");
+  cuda::add_rmsnorm(ctx_, x, residual, weight, eps, out);
+}
+
 void CudaBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   ctx_.activate("linear");
   if (w.quantized()) {

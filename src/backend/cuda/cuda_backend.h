@@ -51,6 +51,8 @@ class CudaBackend final : public Backend {
 
   void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override;
   void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;
+  void add_rmsnorm(Tensor& x, const Tensor& residual, const Tensor& weight, float eps,
+                   Tensor& out) override;
   void linear(const Tensor& x, const LinearWeight& w, Tensor& out) override;
   void linear_group(const Tensor& x, std::span<const LinearWeight* const> ws,
                     std::span<Tensor* const> outs) override;

@@ -13,6 +13,9 @@ namespace llamaq::cuda {
 
 void embedding(CudaContext& ctx, const Tensor& table, const Tensor& ids, Tensor& out);
 void rmsnorm(CudaContext& ctx, const Tensor& x, const Tensor& weight, float eps, Tensor& out);
+// x += residual (f32, in place), then out = rmsnorm(x), in one kernel.
+void add_rmsnorm(CudaContext& ctx, Tensor& x, const Tensor& residual, const Tensor& weight,
+                 float eps, Tensor& out);
 void rope(CudaContext& ctx, Tensor& x, const Tensor& positions, const Tensor& inv_freq);
 void swiglu(CudaContext& ctx, const Tensor& gate, const Tensor& up, Tensor& out);
 void add_inplace(CudaContext& ctx, Tensor& x, const Tensor& y);
