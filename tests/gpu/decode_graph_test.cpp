@@ -153,8 +153,14 @@ TEST_F(CudaDecodeGraph, ProfilerTimesEveryOpOnTheDevice) {
   const int64_t layers = m.config.num_hidden_layers;
   EXPECT_EQ(calls["attention.prefill"], layers);
   EXPECT_EQ(calls["attention.decode"], layers);
-  EXPECT_EQ(calls["rmsnorm"], 2 * (2 * layers + 1));
-  EXPECT_EQ(calls["linear.bf16"], 2 * (7 * layers + 1));
+  // Per forward: the first layer's input norm and the final norm; every other norm runs with the
+  // residual add before it; q/k/v as one group, gate/up with SwiGLU as one op; o, down, lm_head.
+  EXPECT_EQ(calls["rmsnorm"], 2 * 2);
+  EXPECT_EQ(calls["add_rmsnorm"], 2 * (2 * layers - 1));
+  EXPECT_EQ(calls["add"], 2 * 1);
+  EXPECT_EQ(calls["linear.bf16.group"], 2 * layers);
+  EXPECT_EQ(calls["linear.bf16.swiglu"], 2 * layers);
+  EXPECT_EQ(calls["linear.bf16"], 2 * (2 * layers + 1));
   test::TempDir dir;
   const auto path = dir.path() / "trace.json";
   p.write_chrome_trace(path);
