@@ -26,6 +26,13 @@ void Backend::add_rmsnorm(Tensor& x, const Tensor& residual, const Tensor& weigh
   rmsnorm(x, weight, eps, out);
 }
 
+void Backend::rope_kv_store(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions,
+                            const Tensor& inv_freq, const KvLayerView& kv) {
+  rope(q, positions, inv_freq);
+  rope(k, positions, inv_freq);
+  kv_store(k, v, positions, kv);
+}
+
 void Backend::linear_group(const Tensor& x, std::span<const LinearWeight* const> ws,
                            std::span<Tensor* const> outs) {
   if (ws.size() != outs.size()) {

@@ -143,6 +143,15 @@ class Backend {
                         const Tensor& positions,  // [n] i32
                         const KvLayerView& kv) = 0;
 
+  // rope(q), rope(k), then kv_store(k, v): the step before attention as one op (one kernel on
+  // CUDA). The default runs the three ops.
+  virtual void rope_kv_store(Tensor& q,                // [n, n_heads, head_dim] f32
+                             Tensor& k,                // [n, n_kv_heads, head_dim] f32
+                             const Tensor& v,          // [n, n_kv_heads, head_dim] f32
+                             const Tensor& positions,  // [n] i32
+                             const Tensor& inv_freq,   // [head_dim / 2] f32
+                             const KvLayerView& kv);
+
   // Causal GQA attention: query i sees the cached keys at positions 0..positions[i].
   virtual void attention(const Tensor& q,          // [n, n_heads, head_dim] f32
                          const Tensor& positions,  // [n] i32

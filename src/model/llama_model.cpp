@@ -108,16 +108,25 @@ void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
     linear(act.normed, w.k_proj, k2);
     linear(act.normed, w.v_proj, v2);
   }
-  b.rope(act.q, positions, inv_freq_);
-  b.rope(act.k, positions, inv_freq_);
-  // Attention is the one step per sequence: each reads its own blocks of the cache.
-  for (const BatchSlice& s : groups) {
-    const KvLayerView kv =
-        s.table.empty() ? cache.layer_view(layer, s.seq) : cache.layer_view(layer, s.table);
-    const Tensor pos = positions.slice_rows(s.begin, s.count);
-    b.kv_store(act.k.slice_rows(s.begin, s.count), act.v.slice_rows(s.begin, s.count), pos, kv);
-    Tensor out = act.attn.slice_rows(s.begin, s.count);
-    b.attention(act.q.slice_rows(s.begin, s.count), pos, kv, out);
+  const auto view_of = [&](const BatchSlice& s) {
+    return s.table.empty() ? cache.layer_view(layer, s.seq) : cache.layer_view(layer, s.table);
+  };
+  if (groups.size() == 1 && groups[0].begin == 0 && groups[0].count == n) {
+    // One sequence (or one decode group): rotate, store and attend over the whole batch.
+    const KvLayerView kv = view_of(groups[0]);
+    b.rope_kv_store(act.q, act.k, act.v, positions, inv_freq_, kv);
+    b.attention(act.q, positions, kv, act.attn);
+  } else {
+    b.rope(act.q, positions, inv_freq_);
+    b.rope(act.k, positions, inv_freq_);
+    // Attention is the one step per sequence: each reads its own blocks of the cache.
+    for (const BatchSlice& s : groups) {
+      const KvLayerView kv = view_of(s);
+      const Tensor pos = positions.slice_rows(s.begin, s.count);
+      b.kv_store(act.k.slice_rows(s.begin, s.count), act.v.slice_rows(s.begin, s.count), pos, kv);
+      Tensor out = act.attn.slice_rows(s.begin, s.count);
+      b.attention(act.q.slice_rows(s.begin, s.count), pos, kv, out);
+    }
   }
   linear(act.attn, w.o_proj, act.proj);
   b.add_rmsnorm(act.x, act.proj, w.post_attention_norm, eps, act.normed);

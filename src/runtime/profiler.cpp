@@ -208,6 +208,11 @@ void ProfilingBackend::linear_swiglu(const Tensor& x, const LinearWeight& wg,
         [&] { inner_->linear_swiglu(x, wg, wu, gate, up); });
 }
 
+void ProfilingBackend::rope_kv_store(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions,
+                                     const Tensor& inv_freq, const KvLayerView& kv) {
+  timed("rope_kv_store", dims(q), [&] { inner_->rope_kv_store(q, k, v, positions, inv_freq, kv); });
+}
+
 void ProfilingBackend::rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
   timed("rope", dims(x), [&] { inner_->rope(x, positions, inv_freq); });
 }

@@ -60,6 +60,8 @@ class ProfilingBackend final : public Backend {
   void linear_swiglu(const Tensor& x, const LinearWeight& wg, const LinearWeight& wu, Tensor& gate,
                      Tensor& up) override;
   void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) override;
+  void rope_kv_store(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions,
+                     const Tensor& inv_freq, const KvLayerView& kv) override;
   void kv_store(const Tensor& k, const Tensor& v, const Tensor& positions,
                 const KvLayerView& kv) override;
   void attention(const Tensor& q, const Tensor& positions, const KvLayerView& kv,

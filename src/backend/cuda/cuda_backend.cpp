@@ -124,6 +124,17 @@ void CudaBackend::linear_swiglu(const Tensor& x, const LinearWeight& wg, const L
   Backend::linear_swiglu(x, wg, wu, gate, up);
 }
 
+// One kernel for an f32 cache; other cache types take the three ops.
+void CudaBackend::rope_kv_store(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions,
+                                const Tensor& inv_freq, const KvLayerView& kv) {
+  ctx_.activate("rope_kv_store");
+  if (kv.k_blocks.dtype() != DType::F32) {
+    Backend::rope_kv_store(q, k, v, positions, inv_freq, kv);
+    return;
+  }
+  cuda::rope_kv_store(ctx_, q, k, v, positions, inv_freq, kv);
+}
+
 void CudaBackend::rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
   ctx_.activate("rope");
   cuda::rope(ctx_, x, positions, inv_freq);

@@ -17,6 +17,9 @@ void rmsnorm(CudaContext& ctx, const Tensor& x, const Tensor& weight, float eps,
 void add_rmsnorm(CudaContext& ctx, Tensor& x, const Tensor& residual, const Tensor& weight,
                  float eps, Tensor& out);
 void rope(CudaContext& ctx, Tensor& x, const Tensor& positions, const Tensor& inv_freq);
+// rope(q), rope(k) and kv_store(k, v) in one kernel (f32 cache).
+void rope_kv_store(CudaContext& ctx, Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions,
+                   const Tensor& inv_freq, const KvLayerView& kv);
 void swiglu(CudaContext& ctx, const Tensor& gate, const Tensor& up, Tensor& out);
 void add_inplace(CudaContext& ctx, Tensor& x, const Tensor& y);
 void argmax(CudaContext& ctx, const Tensor& logits, Tensor& ids);

@@ -4,6 +4,9 @@
 // shared memory, then rotates every head. Products and sums are rounded one by one (no FMA
 // contraction), so the result is bit-identical to the CPU reference.
 //
+// rope_kv_store rotates q and k and writes k and v into the paged KV cache in the same kernel
+// (what rope, rope and kv_store do one after another): one launch instead of three per layer.
+//
 // rope_backward rotates by -angle (the gradient of a rotation is the inverse rotation): the same
 // kernel with the sine table negated, which rounds exactly as the CPU's backward (a*c + b*s is
 // a*c - b*(-s) bit for bit).
@@ -24,6 +27,30 @@ struct RopeParams {
   int half;  // head_dim / 2
 };
 
+// The block's cos/sin table for position `pos` (shared memory), then a barrier.
+template <bool kInverse>
+__device__ void fill_table(float pos, const float* inv_freq, int half, float* cos_v, float* sin_v) {
+  for (int j = threadIdx.x; j < half; j += kThreads) {
+    double s, c;
+    sincos(double(__fmul_rn(pos, inv_freq[j])), &s, &c);
+    cos_v[j] = float(c);
+    sin_v[j] = kInverse ? -float(s) : float(s);
+  }
+  __syncthreads();
+}
+
+// Rotates pair (j, j + half) of one head in place; returns the rotated pair.
+__device__ __forceinline__ float2 rotate_pair(float* head, int j, int half, const float* cos_v,
+                                              const float* sin_v) {
+  const float a = head[j];
+  const float b = head[j + half];
+  const float2 r = make_float2(__fsub_rn(__fmul_rn(a, cos_v[j]), __fmul_rn(b, sin_v[j])),
+                               __fadd_rn(__fmul_rn(b, cos_v[j]), __fmul_rn(a, sin_v[j])));
+  head[j] = r.x;
+  head[j + half] = r.y;
+  return r;
+}
+
 template <bool kInverse>
 __global__ void __launch_bounds__(kThreads) rope_kernel(RopeParams p) {
   allow_dependents_to_launch();
@@ -31,25 +58,57 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(RopeParams p) {
   float* cos_v = table;
   float* sin_v = table + p.half;
   const int64_t t = blockIdx.x;
-  const float pos = float(p.positions[t]);
-  for (int j = threadIdx.x; j < p.half; j += kThreads) {
-    double s, c;
-    sincos(double(__fmul_rn(pos, p.inv_freq[j])), &s, &c);
-    cos_v[j] = float(c);
-    sin_v[j] = kInverse ? -float(s) : float(s);
-  }
-  __syncthreads();
+  fill_table<kInverse>(float(p.positions[t]), p.inv_freq, p.half, cos_v, sin_v);
   const int head_dim = 2 * p.half;
   float* token = p.x + t * p.heads * head_dim;
   for (int i = threadIdx.x; i < p.heads * p.half; i += kThreads) {
-    const int h = i / p.half;
-    const int j = i % p.half;
-    float* v = token + h * head_dim;
-    const float a = v[j];
-    const float b = v[j + p.half];
-    v[j] = __fsub_rn(__fmul_rn(a, cos_v[j]), __fmul_rn(b, sin_v[j]));
-    v[j + p.half] = __fadd_rn(__fmul_rn(b, cos_v[j]), __fmul_rn(a, sin_v[j]));
+    rotate_pair(token + (i / p.half) * head_dim, i % p.half, p.half, cos_v, sin_v);
   }
+}
+
+struct RopeStoreParams {
+  float* q;                    // [n, q_heads, head_dim] f32, rotated in place
+  float* k;                    // [n, kv_heads, head_dim] f32, rotated in place
+  const float* v;              // [n, kv_heads, head_dim] f32
+  const int32_t* positions;    // [n] i32
+  const float* inv_freq;       // [head_dim / 2] f32
+  const int32_t* block_table;  // [max_blocks] i32, or [n, table_stride] i32 (row t: token t)
+  int64_t table_stride;        // 0: one table for every token
+  float* k_blocks;             // [n_blocks, block_size, kv_heads, head_dim] f32
+  float* v_blocks;             // [n_blocks, block_size, kv_heads, head_dim] f32
+  int q_heads;
+  int kv_heads;
+  int half;  // head_dim / 2
+  int block_size;
+};
+
+// One block per token: rotate q, rotate k and store it, store v (as kv_store_kernel does).
+__global__ void __launch_bounds__(kThreads) rope_kv_store_kernel(RopeStoreParams p) {
+  allow_dependents_to_launch();
+  extern __shared__ float table[];  // cos [half], then sin [half]
+  float* cos_v = table;
+  float* sin_v = table + p.half;
+  const int64_t t = blockIdx.x;
+  const int pos = p.positions[t];
+  fill_table<false>(float(pos), p.inv_freq, p.half, cos_v, sin_v);
+  const int head_dim = 2 * p.half;
+  float* q = p.q + t * p.q_heads * head_dim;
+  for (int i = threadIdx.x; i < p.q_heads * p.half; i += kThreads) {
+    rotate_pair(q + (i / p.half) * head_dim, i % p.half, p.half, cos_v, sin_v);
+  }
+  const int64_t row = int64_t(p.kv_heads) * head_dim;
+  const int32_t* table_t = p.block_table + t * p.table_stride;
+  const int64_t slot = int64_t(table_t[pos / p.block_size]) * p.block_size + pos % p.block_size;
+  float* k = p.k + t * row;
+  float* k_cached = p.k_blocks + slot * row;
+  for (int i = threadIdx.x; i < p.kv_heads * p.half; i += kThreads) {
+    const int h = i / p.half, j = i % p.half;
+    const float2 r = rotate_pair(k + h * head_dim, j, p.half, cos_v, sin_v);
+    k_cached[h * head_dim + j] = r.x;
+    k_cached[h * head_dim + j + p.half] = r.y;
+  }
+  for (int64_t i = threadIdx.x; i < row; i += kThreads)
+    p.v_blocks[slot * row + i] = p.v[t * row + i];
 }
 
 // Rotates x by +angle, or by -angle when `inverse`; `op` names the caller in errors.
@@ -85,6 +144,46 @@ void rope(CudaContext& ctx, Tensor& x, const Tensor& positions, const Tensor& in
 void rope_backward(CudaContext& ctx, Tensor& grad, const Tensor& positions,
                    const Tensor& inv_freq) {
   rotate(ctx, grad, positions, inv_freq, /*inverse=*/true, "rope_backward");
+}
+
+void rope_kv_store(CudaContext& ctx, Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions,
+                   const Tensor& inv_freq, const KvLayerView& kv) {
+  const char* op = "rope_kv_store";
+  require_tensor(q, DType::F32, 3, op, "q");
+  require_tensor(k, DType::F32, 3, op, "k");
+  require_tensor(v, DType::F32, 3, op, "v");
+  require_shape(v, k.shape(), op, "v");
+  const int64_t n = k.dim(0);
+  require(q.dim(0) == n && q.dim(2) == k.dim(2), op,
+          "q " + shape_to_string(q.shape()) + " does not fit k " + shape_to_string(k.shape()));
+  require(k.dim(2) % 2 == 0 && k.dim(2) / 2 <= 4096, op, "head_dim must be even, at most 8192");
+  require_tensor(inv_freq, DType::F32, 1, op, "inv_freq");
+  require_shape(inv_freq, {k.dim(2) / 2}, op, "inv_freq");
+  require_positions_and_kv(positions, n, kv, op);
+  require(kv.k_blocks.dim(1) == kv.block_size && kv.k_blocks.dim(2) == k.dim(1) &&
+              kv.k_blocks.dim(3) == k.dim(2),
+          op,
+          "k " + shape_to_string(k.shape()) + " does not fit the blocks " +
+              shape_to_string(kv.k_blocks.shape()));
+  if (n == 0) return;
+  checked_int(q.numel(), op, "q elements");
+  checked_int(kv.block_size, op, "block_size");
+  const RopeStoreParams p{q.data_as<float>(),
+                          k.data_as<float>(),
+                          v.data_as<const float>(),
+                          positions.data_as<const int32_t>(),
+                          inv_freq.data_as<const float>(),
+                          kv.block_table.data_as<const int32_t>(),
+                          kv.block_table.rank() == 2 ? kv.block_table.dim(1) : 0,
+                          kv.k_blocks.data_as<float>(),
+                          kv.v_blocks.data_as<float>(),
+                          int(q.dim(1)),
+                          int(k.dim(1)),
+                          int(k.dim(2) / 2),
+                          int(kv.block_size)};
+  const size_t shared = 2 * size_t(p.half) * sizeof(float);
+  rope_kv_store_kernel<<<unsigned(n), kThreads, shared, ctx.stream()>>>(p);
+  check_launch(op, "rope_kv_store_kernel");
 }
 
 }  // namespace llamaq::cuda
