@@ -9,6 +9,7 @@
 // of order 1 (the measured maximum is recorded as a test property).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "backend/cuda/attention_kernels.h"
@@ -213,6 +214,34 @@ TEST_F(CudaAttention, KvStoreWritesTheSameBlocksAsTheCpu) {
     const Tensor positions = gpu_test::int_tensor(positions_of(c));
     cpu().kv_store(k, v, positions, cache.host_view());
     gpu().kv_store(gpu().upload(k), gpu().upload(v), gpu().upload(positions), cache.gpu_view());
+    EXPECT_EQ(host_values(gpu(), cache.k_gpu), host_values(gpu(), cache.k_host)) << "n=" << n;
+    EXPECT_EQ(host_values(gpu(), cache.v_gpu), host_values(gpu(), cache.v_host)) << "n=" << n;
+  }
+}
+
+// rope_kv_store (one kernel) against the CPU's rope, rope and kv_store: RoPE rounds every product
+// and sum as the CPU does and the store moves floats, so q, k and the cache must match exactly.
+TEST_F(CudaAttention, RopeKvStoreMatchesTheCpusThreeOps) {
+  for (int64_t n : {1, 7, 97}) {
+    const AttentionCase c{8, 2, 64, 300, n};
+    PagedCache cache(gpu(), c, rng_);
+    Tensor q = gpu_test::random_tensor(DType::F32, {n, c.n_heads, c.head_dim}, rng_);
+    Tensor k = gpu_test::random_tensor(DType::F32, {n, c.n_kv_heads, c.head_dim}, rng_);
+    const Tensor v = gpu_test::random_tensor(DType::F32, {n, c.n_kv_heads, c.head_dim}, rng_);
+    std::vector<float> freq(size_t(c.head_dim / 2));
+    for (size_t j = 0; j < freq.size(); ++j)
+      freq[j] = std::pow(500000.0f, -2.0f * float(j) / float(c.head_dim));
+    Tensor inv_freq = Tensor::zeros(DType::F32, {c.head_dim / 2});
+    std::memcpy(inv_freq.data(), freq.data(), freq.size() * sizeof(float));
+    const Tensor positions = gpu_test::int_tensor(positions_of(c));
+    Tensor q_gpu = gpu().upload(q), k_gpu = gpu().upload(k);
+    gpu().rope_kv_store(q_gpu, k_gpu, gpu().upload(v), gpu().upload(positions),
+                        gpu().upload(inv_freq), cache.gpu_view());
+    cpu().rope(q, positions, inv_freq);
+    cpu().rope(k, positions, inv_freq);
+    cpu().kv_store(k, v, positions, cache.host_view());
+    EXPECT_EQ(host_values(gpu(), q_gpu), host_values(gpu(), q)) << "q n=" << n;
+    EXPECT_EQ(host_values(gpu(), k_gpu), host_values(gpu(), k)) << "k n=" << n;
     EXPECT_EQ(host_values(gpu(), cache.k_gpu), host_values(gpu(), cache.k_host)) << "n=" << n;
     EXPECT_EQ(host_values(gpu(), cache.v_gpu), host_values(gpu(), cache.v_host)) << "n=" << n;
   }
