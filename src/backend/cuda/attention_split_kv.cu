@@ -169,24 +169,39 @@ __global__ void __launch_bounds__(kThreads)
   write_block_state<D>(p, ws, m_s, l_s, o_s, item);
 }
 
-// Block (x = head, y = query): out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+// Block (x = head, y = query): out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M). The first warp
+// reads every split's (m, l) at once (a lane per split) and leaves each split's weight
+// e^(m_s - M) in shared memory; then each thread sums its output elements over the splits, the
+// loads unrolled so that they are in flight together (a decode step waits on this kernel).
 __global__ void combine_splits_kernel(AttentionParams p, SplitKvWorkspace ws) {
   allow_dependents_to_launch();
+  extern __shared__ float split_weight[];  // [n_splits]
+  __shared__ float total_s;
   const int64_t first = (int64_t(blockIdx.y) * p.n_heads + blockIdx.x) * ws.n_splits;
   const float* stats = ws.partial_stats + 2 * first;
-  float m_max = -INFINITY;
-  for (int s = 0; s < ws.n_splits; ++s)
-    m_max = fmaxf(m_max, stats[2 * s]);
-  float total = 0.0f;
-  for (int s = 0; s < ws.n_splits; ++s)
-    total += stats[2 * s + 1] * exp_diff(stats[2 * s], m_max);
+  if (threadIdx.x < 32) {
+    float m_max = -INFINITY;
+    for (int s = threadIdx.x; s < ws.n_splits; s += 32)
+      m_max = fmaxf(m_max, stats[2 * s]);
+    m_max = warp_max(m_max);
+    float total = 0.0f;
+    for (int s = threadIdx.x; s < ws.n_splits; s += 32) {
+      const float w = exp_diff(stats[2 * s], m_max);
+      split_weight[s] = w;
+      total += stats[2 * s + 1] * w;
+    }
+    total = warp_sum(total);
+    if (threadIdx.x == 0) total_s = total;
+  }
+  __syncthreads();
   float* out = p.out + (int64_t(blockIdx.y) * p.n_heads + blockIdx.x) * p.head_dim;
+  const float* partial = ws.partial_out + first * p.head_dim;
   for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
     float acc = 0.0f;
-    for (int s = 0; s < ws.n_splits; ++s) {
-      acc += ws.partial_out[(first + s) * p.head_dim + d] * exp_diff(stats[2 * s], m_max);
-    }
-    out[d] = acc / total;
+#pragma unroll 8
+    for (int s = 0; s < ws.n_splits; ++s)
+      acc += partial[int64_t(s) * p.head_dim + d] * split_weight[s];
+    out[d] = acc / total_s;
   }
 }
 
@@ -222,7 +237,7 @@ void launch_attention_split_kv(const AttentionParams& p, const SplitKvWorkspace&
       fail_op("attention", "no split-KV kernel for head_dim " + std::to_string(p.head_dim));
   }
   const dim3 grid(unsigned(p.n_heads), unsigned(p.n_tokens));
-  combine_splits_kernel<<<grid, 128, 0, stream>>>(p, ws);
+  combine_splits_kernel<<<grid, 128, size_t(ws.n_splits) * sizeof(float), stream>>>(p, ws);
   check_launch("attention", "combine_splits_kernel");
 }
 

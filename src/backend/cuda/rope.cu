@@ -82,7 +82,12 @@ struct RopeStoreParams {
   int block_size;
 };
 
-// One block per token: rotate q, rotate k and store it, store v (as kv_store_kernel does).
+// Block (x = token, y = a group of kHeadsPerBlock heads of q, then of k/v): each block builds the
+// token's cos/sin table, then rotates its q heads, or rotates its k heads into the cache and
+// copies their v rows (as kv_store_kernel does). Several blocks per token keep a one-token decode
+// step from running on a single multiprocessor.
+constexpr int kHeadsPerBlock = 4;
+
 __global__ void __launch_bounds__(kThreads) rope_kv_store_kernel(RopeStoreParams p) {
   allow_dependents_to_launch();
   extern __shared__ float table[];  // cos [half], then sin [half]
@@ -92,22 +97,30 @@ __global__ void __launch_bounds__(kThreads) rope_kv_store_kernel(RopeStoreParams
   const int pos = p.positions[t];
   fill_table<false>(float(pos), p.inv_freq, p.half, cos_v, sin_v);
   const int head_dim = 2 * p.half;
-  float* q = p.q + t * p.q_heads * head_dim;
-  for (int i = threadIdx.x; i < p.q_heads * p.half; i += kThreads) {
-    rotate_pair(q + (i / p.half) * head_dim, i % p.half, p.half, cos_v, sin_v);
+  const int q_blocks = (p.q_heads + kHeadsPerBlock - 1) / kHeadsPerBlock;
+  const bool is_q = int(blockIdx.y) < q_blocks;
+  const int first = (is_q ? int(blockIdx.y) : int(blockIdx.y) - q_blocks) * kHeadsPerBlock;
+  const int heads = min(kHeadsPerBlock, (is_q ? p.q_heads : p.kv_heads) - first);
+  if (is_q) {
+    float* q = p.q + (t * p.q_heads + first) * head_dim;
+    for (int i = threadIdx.x; i < heads * p.half; i += kThreads) {
+      rotate_pair(q + (i / p.half) * head_dim, i % p.half, p.half, cos_v, sin_v);
+    }
+    return;
   }
   const int64_t row = int64_t(p.kv_heads) * head_dim;
   const int32_t* table_t = p.block_table + t * p.table_stride;
   const int64_t slot = int64_t(table_t[pos / p.block_size]) * p.block_size + pos % p.block_size;
-  float* k = p.k + t * row;
-  float* k_cached = p.k_blocks + slot * row;
-  for (int i = threadIdx.x; i < p.kv_heads * p.half; i += kThreads) {
+  float* k = p.k + t * row + int64_t(first) * head_dim;
+  float* k_cached = p.k_blocks + slot * row + int64_t(first) * head_dim;
+  for (int i = threadIdx.x; i < heads * p.half; i += kThreads) {
     const int h = i / p.half, j = i % p.half;
     const float2 r = rotate_pair(k + h * head_dim, j, p.half, cos_v, sin_v);
     k_cached[h * head_dim + j] = r.x;
     k_cached[h * head_dim + j + p.half] = r.y;
   }
-  for (int64_t i = threadIdx.x; i < row; i += kThreads)
+  const int64_t begin = int64_t(first) * head_dim, end = begin + int64_t(heads) * head_dim;
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
     p.v_blocks[slot * row + i] = p.v[t * row + i];
 }
 
@@ -182,7 +195,9 @@ void rope_kv_store(CudaContext& ctx, Tensor& q, Tensor& k, const Tensor& v, cons
                           int(k.dim(2) / 2),
                           int(kv.block_size)};
   const size_t shared = 2 * size_t(p.half) * sizeof(float);
-  rope_kv_store_kernel<<<unsigned(n), kThreads, shared, ctx.stream()>>>(p);
+  const unsigned head_blocks = unsigned((p.q_heads + kHeadsPerBlock - 1) / kHeadsPerBlock +
+                                        (p.kv_heads + kHeadsPerBlock - 1) / kHeadsPerBlock);
+  rope_kv_store_kernel<<<dim3(unsigned(n), head_blocks), kThreads, shared, ctx.stream()>>>(p);
   check_launch(op, "rope_kv_store_kernel");
 }
 
