@@ -20,12 +20,6 @@ const HostClockMark& host_mark(const TimingMark& mark) {
 
 }  // namespace
 
-void Backend::add_rmsnorm(Tensor& x, const Tensor& residual, const Tensor& weight, float eps,
-                          Tensor& out) {
-  add_inplace(x, residual);
-  rmsnorm(x, weight, eps, out);
-}
-
 void Backend::rope_kv_store(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions,
                             const Tensor& inv_freq, const KvLayerView& kv) {
   rope(q, positions, inv_freq);
@@ -47,6 +41,26 @@ void Backend::linear_swiglu(const Tensor& x, const LinearWeight& wg, const Linea
   linear(x, wg, gate);
   linear(x, wu, up);
   swiglu(gate, up, gate);
+}
+
+void Backend::norm_linear_group(const Tensor& x, const Tensor& norm_weight, float eps,
+                                Tensor& normed, std::span<const LinearWeight* const> ws,
+                                std::span<Tensor* const> outs) {
+  rmsnorm(x, norm_weight, eps, normed);
+  linear_group(normed, ws, outs);
+}
+
+void Backend::norm_linear_swiglu(const Tensor& x, const Tensor& norm_weight, float eps,
+                                 Tensor& normed, const LinearWeight& wg, const LinearWeight& wu,
+                                 Tensor& gate, Tensor& up) {
+  rmsnorm(x, norm_weight, eps, normed);
+  linear_swiglu(normed, wg, wu, gate, up);
+}
+
+void Backend::linear_add(const Tensor& x, const LinearWeight& w, Tensor& residual,
+                         Tensor& scratch) {
+  linear(x, w, scratch);
+  add_inplace(residual, scratch);
 }
 
 std::unique_ptr<TimingMark> Backend::timing_mark() {

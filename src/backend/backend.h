@@ -106,14 +106,6 @@ class Backend {
                        float eps,
                        Tensor& out) = 0;  // [n, d] f32
 
-  // x += residual, then out = rmsnorm(x): a residual add and the norm after it as one op. The
-  // default runs add_inplace and rmsnorm.
-  virtual void add_rmsnorm(Tensor& x,               // [n, d] f32, the sum on return
-                           const Tensor& residual,  // [n, d] f32
-                           const Tensor& weight,    // [d]
-                           float eps,
-                           Tensor& out);  // [n, d] f32
-
   virtual void linear(const Tensor& x,        // [n, in] f32
                       const LinearWeight& w,  // [out, in]
                       Tensor& out) = 0;       // [n, out] f32: out = x w^T
@@ -131,6 +123,31 @@ class Backend {
                              const LinearWeight& wu,  // [f, in]
                              Tensor& gate,            // [n, f] f32: the product on return
                              Tensor& up);             // [n, f] f32 scratch
+
+  // The same two ops with an RMSNorm of x before them: normed = rmsnorm(x) * norm_weight, then
+  // linear_group / linear_swiglu on normed. A backend may fold the norm into the projection
+  // kernel and leave `normed` (scratch) unwritten; the defaults run rmsnorm first.
+  virtual void norm_linear_group(const Tensor& x,            // [n, in] f32
+                                 const Tensor& norm_weight,  // [in]
+                                 float eps,
+                                 Tensor& normed,                           // [n, in] f32 scratch
+                                 std::span<const LinearWeight* const> ws,  // each [out_i, in]
+                                 std::span<Tensor* const> outs);           // each [n, out_i] f32
+  virtual void norm_linear_swiglu(const Tensor& x,                         // [n, in] f32
+                                  const Tensor& norm_weight,               // [in]
+                                  float eps,
+                                  Tensor& normed,          // [n, in] f32 scratch
+                                  const LinearWeight& wg,  // [f, in]
+                                  const LinearWeight& wu,  // [f, in]
+                                  Tensor& gate,            // [n, f] f32: the product
+                                  Tensor& up);             // [n, f] f32 scratch
+
+  // residual += x w^T (a projection and the residual add after it). `scratch` [n, out] f32 may
+  // hold the projection; the default runs linear into it and add_inplace.
+  virtual void linear_add(const Tensor& x,        // [n, in] f32
+                          const LinearWeight& w,  // [out, in]
+                          Tensor& residual,       // [n, out] f32
+                          Tensor& scratch);       // [n, out] f32
 
   // Rotates q or k in place with the HF rotate-half layout (specs §4.4).
   virtual void rope(Tensor& x,                    // [n, heads, head_dim] f32

@@ -86,6 +86,17 @@ void LlamaModel::linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   backend_.add_inplace(out2, delta);
 }
 
+// residual += x W^T (+ the LoRA branch): one op without LoRA, else the projection and an add.
+void LlamaModel::project_add(const Tensor& x, const LinearWeight& w, Tensor& residual,
+                             Tensor& scratch) {
+  if (!w.lora) {
+    backend_.linear_add(x, w, residual, scratch);
+    return;
+  }
+  linear(x, w, scratch);
+  backend_.add_inplace(residual, scratch);
+}
+
 void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions, KvCache& cache,
                            std::span<const BatchSlice> groups) {
   const LayerWeights& w = weights_.layers[size_t(layer)];
@@ -93,17 +104,17 @@ void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
   const float eps = float(config_.rms_norm_eps);
   Backend& b = backend_;
 
-  // Layer 0 norms its input here; every later layer's input norm ran with the residual add that
-  // ended the layer before (add_rmsnorm below).
-  if (layer == 0) b.rmsnorm(act.x, w.input_norm, eps, act.normed);
+  // Without LoRA the norms run inside the projections' ops and the residual adds inside the
+  // output projections' (one kernel each where the backend can: CUDA NF4 decode).
   Tensor q2 = act.q.reshaped({n, config_.q_dim()});
   Tensor k2 = act.k.reshaped({n, config_.kv_dim()});
   Tensor v2 = act.v.reshaped({n, config_.kv_dim()});
   if (!w.q_proj.lora && !w.k_proj.lora && !w.v_proj.lora) {
     const LinearWeight* qkv[] = {&w.q_proj, &w.k_proj, &w.v_proj};
     Tensor* qkv_out[] = {&q2, &k2, &v2};
-    b.linear_group(act.normed, qkv, qkv_out);  // one kernel where the backend can
+    b.norm_linear_group(act.x, w.input_norm, eps, act.normed, qkv, qkv_out);
   } else {
+    b.rmsnorm(act.x, w.input_norm, eps, act.normed);
     linear(act.normed, w.q_proj, q2);
     linear(act.normed, w.k_proj, k2);
     linear(act.normed, w.v_proj, v2);
@@ -128,21 +139,17 @@ void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
       b.attention(act.q.slice_rows(s.begin, s.count), pos, kv, out);
     }
   }
-  linear(act.attn, w.o_proj, act.proj);
-  b.add_rmsnorm(act.x, act.proj, w.post_attention_norm, eps, act.normed);
+  project_add(act.attn, w.o_proj, act.x, act.proj);
   if (!w.gate_proj.lora && !w.up_proj.lora) {
-    b.linear_swiglu(act.normed, w.gate_proj, w.up_proj, act.gate, act.up);
+    b.norm_linear_swiglu(act.x, w.post_attention_norm, eps, act.normed, w.gate_proj, w.up_proj,
+                         act.gate, act.up);
   } else {
+    b.rmsnorm(act.x, w.post_attention_norm, eps, act.normed);
     linear(act.normed, w.gate_proj, act.gate);
     linear(act.normed, w.up_proj, act.up);
     b.swiglu(act.gate, act.up, act.gate);
   }
-  linear(act.gate, w.down_proj, act.proj);
-  if (size_t(layer) + 1 < weights_.layers.size()) {
-    b.add_rmsnorm(act.x, act.proj, weights_.layers[size_t(layer) + 1].input_norm, eps, act.normed);
-  } else {
-    b.add_inplace(act.x, act.proj);
-  }
+  project_add(act.gate, w.down_proj, act.x, act.proj);
 }
 
 Tensor LlamaModel::forward(KvCache& cache, int seq, std::span<const int32_t> ids, LogitsFor which) {

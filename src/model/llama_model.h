@@ -73,12 +73,16 @@ class LlamaModel {
     int seq;        // -1: several single-token sequences, with one table row each
     int64_t begin;  // first row of this sequence's tokens in the batch
     int64_t count;
-    Tensor table;   // [max blocks] or [count, max blocks] i32; empty: the sequence's own
+    Tensor table;  // [max blocks] or [count, max blocks] i32; empty: the sequence's own
   };
   // The attention calls of a batch: each multi-token sequence alone; a run of single-token
   // sequences together, with their block tables as rows of one tensor (one launch, not one per
   // sequence).
   std::vector<BatchSlice> attention_groups(KvCache& cache, std::span<const BatchSlice> slices);
+  void project_add(const Tensor& x,        // [n, in] f32
+                   const LinearWeight& w,  // [out, in]
+                   Tensor& residual,       // [n, out] f32, += x w^T
+                   Tensor& scratch);       // [n, out] f32
   void linear(const Tensor& x, const LinearWeight& w, Tensor& out);
   void run_layer(int layer, Activations& act, const Tensor& positions, KvCache& cache,
                  std::span<const BatchSlice> groups);
@@ -87,7 +91,7 @@ class LlamaModel {
                    const Tensor& positions,                  // [n] i32
                    std::span<const BatchSlice> slices, std::span<const BatchSlice> groups,
                    LogitsFor which,
-                   Tensor& logits);                          // [rows, vocab] f32
+                   Tensor& logits);  // [rows, vocab] f32
   bool graph_eligible(std::span<const SequenceInput> items, LogitsFor which) const;
   // Replays (recording it first when needed) the decode graph for this batch size and cache.
   Tensor decode_with_graph(KvCache& cache, std::span<const BatchSlice> slices,

@@ -185,11 +185,6 @@ void ProfilingBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& ou
         [&] { inner_->linear(x, w, out); });
 }
 
-void ProfilingBackend::add_rmsnorm(Tensor& x, const Tensor& residual, const Tensor& weight,
-                                   float eps, Tensor& out) {
-  timed("add_rmsnorm", dims(x), [&] { inner_->add_rmsnorm(x, residual, weight, eps, out); });
-}
-
 void ProfilingBackend::linear_group(const Tensor& x, std::span<const LinearWeight* const> ws,
                                     std::span<Tensor* const> outs) {
   std::string shapes = dims(x) + " x";
@@ -198,6 +193,34 @@ void ProfilingBackend::linear_group(const Tensor& x, std::span<const LinearWeigh
         " [" + std::to_string(w->out_features()) + ", " + std::to_string(w->in_features()) + "]";
   timed(ws.empty() ? std::string("linear_group") : linear_kind(*ws[0]) + ".group", shapes,
         [&] { inner_->linear_group(x, ws, outs); });
+}
+
+void ProfilingBackend::norm_linear_group(const Tensor& x, const Tensor& norm_weight, float eps,
+                                         Tensor& normed, std::span<const LinearWeight* const> ws,
+                                         std::span<Tensor* const> outs) {
+  std::string shapes = dims(x) + " x";
+  for (const LinearWeight* w : ws)
+    shapes +=
+        " [" + std::to_string(w->out_features()) + ", " + std::to_string(w->in_features()) + "]";
+  timed(ws.empty() ? std::string("norm_linear_group") : linear_kind(*ws[0]) + ".norm_group", shapes,
+        [&] { inner_->norm_linear_group(x, norm_weight, eps, normed, ws, outs); });
+}
+
+void ProfilingBackend::norm_linear_swiglu(const Tensor& x, const Tensor& norm_weight, float eps,
+                                          Tensor& normed, const LinearWeight& wg,
+                                          const LinearWeight& wu, Tensor& gate, Tensor& up) {
+  timed(linear_kind(wg) + ".norm_swiglu",
+        dims(x) + " x 2 [" + std::to_string(wg.out_features()) + ", " +
+            std::to_string(wg.in_features()) + "]",
+        [&] { inner_->norm_linear_swiglu(x, norm_weight, eps, normed, wg, wu, gate, up); });
+}
+
+void ProfilingBackend::linear_add(const Tensor& x, const LinearWeight& w, Tensor& residual,
+                                  Tensor& scratch) {
+  timed(linear_kind(w) + ".add",
+        dims(x) + " x [" + std::to_string(w.out_features()) + ", " +
+            std::to_string(w.in_features()) + "]",
+        [&] { inner_->linear_add(x, w, residual, scratch); });
 }
 
 void ProfilingBackend::linear_swiglu(const Tensor& x, const LinearWeight& wg,

@@ -49,7 +49,8 @@ std::vector<std::vector<float>> decode_run(LoadedModel& m, Backend& backend, boo
       m.model->forward(cache, seqs[0], first, LogitsFor::LastToken);
     }
     std::vector<SequenceInput> items;
-    for (size_t i = 0; i < seqs.size(); ++i) items.push_back({seqs[i], std::span(&next[i], 1)});
+    for (size_t i = 0; i < seqs.size(); ++i)
+      items.push_back({seqs[i], std::span(&next[i], 1)});
     out.push_back(to_host(backend, m.model->forward_batch(cache, items, LogitsFor::LastToken)));
     for (size_t i = 0; i < next.size(); ++i) {
       next[i] = int32_t((next[i] * 31 + step + int(i)) % m.config.vocab_size);
@@ -84,8 +85,8 @@ TEST_F(CudaDecodeGraph, ArgmaxMatchesTheCpu) {
     Tensor logits = gpu_test::random_tensor(DType::F32, {5, vocab}, rng);
     float* v = logits.data_as<float>();
     if (vocab > 7) {
-      v[3] = 50;           // row 0: a clear winner at 3
-      v[vocab + 2] = 60;   // row 1: a tie at 2 and vocab-1, the lower index wins
+      v[3] = 50;          // row 0: a clear winner at 3
+      v[vocab + 2] = 60;  // row 1: a tie at 2 and vocab-1, the lower index wins
       v[2 * vocab - 1] = 60;
       v[2 * vocab] = std::nanf("");  // row 2: NaN never wins
       v[2 * vocab + 5] = 70;
@@ -108,7 +109,8 @@ TEST_F(CudaDecodeGraph, ArgmaxMatchesTheCpu) {
 TEST_F(CudaDecodeGraph, DenseGemvMatchesTheCpuAndCublas) {
   std::mt19937 rng(11);
   for (DType dtype : {DType::BF16, DType::F16}) {
-    for (const auto& [out, in] : std::vector<std::pair<int64_t, int64_t>>{{1, 8}, {97, 4104}, {1025, 1024}, {333, 14336}}) {
+    for (const auto& [out, in] :
+         std::vector<std::pair<int64_t, int64_t>>{{1, 8}, {97, 4104}, {1025, 1024}, {333, 14336}}) {
       const Tensor w = gpu_test::random_tensor(dtype, {out, in}, rng, 0.1f);
       const Tensor w_gpu = gpu().upload(w);
       for (int64_t n : {1, 2, 7, 8}) {
@@ -153,14 +155,16 @@ TEST_F(CudaDecodeGraph, ProfilerTimesEveryOpOnTheDevice) {
   const int64_t layers = m.config.num_hidden_layers;
   EXPECT_EQ(calls["attention.prefill"], layers);
   EXPECT_EQ(calls["attention.decode"], layers);
-  // Per forward: the first layer's input norm and the final norm; every other norm runs with the
-  // residual add before it; q/k/v as one group, gate/up with SwiGLU as one op; o, down, lm_head.
-  EXPECT_EQ(calls["rmsnorm"], 2 * 2);
-  EXPECT_EQ(calls["add_rmsnorm"], 2 * (2 * layers - 1));
-  EXPECT_EQ(calls["add"], 2 * 1);
-  EXPECT_EQ(calls["linear.bf16.group"], 2 * layers);
-  EXPECT_EQ(calls["linear.bf16.swiglu"], 2 * layers);
-  EXPECT_EQ(calls["linear.bf16"], 2 * (2 * layers + 1));
+  // Per forward: each layer's two norms run inside its projection ops (q/k/v as one group,
+  // gate/up with SwiGLU as one op), its two residual adds inside o and down (linear_add); then the
+  // final norm and the LM head.
+  EXPECT_EQ(calls["rmsnorm"], 2 * 1);
+  EXPECT_EQ(calls["add"], 0);
+  EXPECT_EQ(calls["linear.bf16.norm_group"], 2 * layers);
+  EXPECT_EQ(calls["linear.bf16.norm_swiglu"], 2 * layers);
+  EXPECT_EQ(calls["linear.bf16.add"], 2 * 2 * layers);
+  EXPECT_EQ(calls["rope_kv_store"], 2 * layers);
+  EXPECT_EQ(calls["linear.bf16"], 2 * 1);
   test::TempDir dir;
   const auto path = dir.path() / "trace.json";
   p.write_chrome_trace(path);

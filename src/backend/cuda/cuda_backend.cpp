@@ -2,6 +2,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_graph.h"
+#include "backend/cuda/nf4_params.h"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/tensor_checks.h"
 #include "backend/cuda/upload.h"
@@ -79,12 +80,6 @@ void CudaBackend::rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tens
   cuda::rmsnorm(ctx_, x, weight, eps, out);
 }
 
-void CudaBackend::add_rmsnorm(Tensor& x, const Tensor& residual, const Tensor& weight, float eps,
-                              Tensor& out) {
-  ctx_.activate("add_rmsnorm");
-  cuda::add_rmsnorm(ctx_, x, residual, weight, eps, out);
-}
-
 void CudaBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   ctx_.activate("linear");
   if (w.quantized()) {
@@ -95,33 +90,95 @@ void CudaBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   }
 }
 
-// NF4 projections without LoRA run as one dp4a launch when they can (decode), else one by one.
+// NF4 projections run as one dp4a launch when they can (decode), else one by one. `norm` (may be
+// null) is an RMSNorm of x the kernel applies itself; `accumulate` adds into the outputs.
+bool CudaBackend::try_nf4_group(const Tensor& x, std::span<const LinearWeight* const> ws,
+                                std::span<Tensor* const> outs, bool swiglu, const Tensor* norm,
+                                float eps, bool accumulate) {
+  if (ws.empty() || ws.size() > 3) return false;
+  std::vector<std::shared_ptr<const nf4::Nf4Weight>> keep;
+  std::vector<const nf4::Nf4Weight*> device;
+  for (const LinearWeight* w : ws) {
+    if (!w->quantized()) return false;
+    keep.push_back(device_nf4(w->nf4));
+    device.push_back(keep.back().get());
+  }
+  Dp4aOptions options;
+  options.accumulate = accumulate;
+  if (norm != nullptr) {
+    require_on_device(*norm, "linear", "norm weight");
+    if (norm->rank() != 1 || norm->numel() != x.dim(1)) return false;
+    switch (norm->dtype()) {
+      case DType::F32:
+        options.norm_kind = 0;
+        break;
+      case DType::BF16:
+        options.norm_kind = 1;
+        break;
+      case DType::F16:
+        options.norm_kind = 2;
+        break;
+      default:
+        return false;
+    }
+    options.norm_weight = norm->data();
+    options.norm_eps = eps;
+  }
+  return linear_nf4_group(ctx_, x, device, outs, swiglu, options);
+}
+
 void CudaBackend::linear_group(const Tensor& x, std::span<const LinearWeight* const> ws,
                                std::span<Tensor* const> outs) {
   ctx_.activate("linear");
-  if (ws.size() == outs.size() && ws.size() <= 3 && !ws.empty()) {
-    std::vector<std::shared_ptr<const nf4::Nf4Weight>> keep;
-    std::vector<const nf4::Nf4Weight*> device;
-    for (const LinearWeight* w : ws) {
-      if (!w->quantized()) break;
-      keep.push_back(device_nf4(w->nf4));
-      device.push_back(keep.back().get());
-    }
-    if (device.size() == ws.size() && linear_nf4_group(ctx_, x, device, outs, false)) return;
-  }
+  if (ws.size() == outs.size() && try_nf4_group(x, ws, outs, false, nullptr, 0.0f, false)) return;
   Backend::linear_group(x, ws, outs);
 }
 
 void CudaBackend::linear_swiglu(const Tensor& x, const LinearWeight& wg, const LinearWeight& wu,
                                 Tensor& gate, Tensor& up) {
   ctx_.activate("linear");
-  if (wg.quantized() && wu.quantized()) {
-    const auto g = device_nf4(wg.nf4), u = device_nf4(wu.nf4);
-    const nf4::Nf4Weight* device[2] = {g.get(), u.get()};
-    Tensor* out[1] = {&gate};
-    if (linear_nf4_group(ctx_, x, device, out, true)) return;
-  }
+  const LinearWeight* ws[2] = {&wg, &wu};
+  Tensor* out[1] = {&gate};
+  if (try_nf4_group(x, ws, out, true, nullptr, 0.0f, false)) return;
   Backend::linear_swiglu(x, wg, wu, gate, up);
+}
+
+void CudaBackend::norm_linear_group(const Tensor& x, const Tensor& norm_weight, float eps,
+                                    Tensor& normed, std::span<const LinearWeight* const> ws,
+                                    std::span<Tensor* const> outs) {
+  ctx_.activate("linear");
+  if (ws.size() == outs.size() && try_nf4_group(x, ws, outs, false, &norm_weight, eps, false)) {
+    return;
+  }
+  Backend::norm_linear_group(x, norm_weight, eps, normed, ws, outs);
+}
+
+void CudaBackend::norm_linear_swiglu(const Tensor& x, const Tensor& norm_weight, float eps,
+                                     Tensor& normed, const LinearWeight& wg, const LinearWeight& wu,
+                                     Tensor& gate, Tensor& up) {
+  ctx_.activate("linear");
+  const LinearWeight* ws[2] = {&wg, &wu};
+  Tensor* out[1] = {&gate};
+  if (try_nf4_group(x, ws, out, true, &norm_weight, eps, false)) return;
+  Backend::norm_linear_swiglu(x, norm_weight, eps, normed, wg, wu, gate, up);
+}
+
+// residual += x w^T: in the GEMV's epilogue for NF4 (dp4a) and bf16/f16 (one token), else a
+// linear into `scratch` and an add.
+void CudaBackend::linear_add(const Tensor& x, const LinearWeight& w, Tensor& residual,
+                             Tensor& scratch) {
+  ctx_.activate("linear");
+  const LinearWeight* ws[1] = {&w};
+  Tensor* out[1] = {&residual};
+  if (try_nf4_group(x, ws, out, false, nullptr, 0.0f, true)) return;
+  if (!w.quantized() && x.dim(0) <= kDenseGemvAutoMaxTokens && x.dtype() == DType::F32 &&
+      x.rank() == 2 && dense_gemv_supported(x, w.weight)) {
+    require_tensor(residual, DType::F32, 2, "linear", "residual");
+    require_shape(residual, {x.dim(0), w.weight.dim(0)}, "linear", "residual");
+    dense_gemv(ctx_, x, w.weight, residual, /*accumulate=*/true);
+    return;
+  }
+  Backend::linear_add(x, w, residual, scratch);
 }
 
 // One kernel for an f32 cache; other cache types take the three ops.

@@ -51,13 +51,19 @@ class CudaBackend final : public Backend {
 
   void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override;
   void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;
-  void add_rmsnorm(Tensor& x, const Tensor& residual, const Tensor& weight, float eps,
-                   Tensor& out) override;
   void linear(const Tensor& x, const LinearWeight& w, Tensor& out) override;
   void linear_group(const Tensor& x, std::span<const LinearWeight* const> ws,
                     std::span<Tensor* const> outs) override;
   void linear_swiglu(const Tensor& x, const LinearWeight& wg, const LinearWeight& wu, Tensor& gate,
                      Tensor& up) override;
+  void norm_linear_group(const Tensor& x, const Tensor& norm_weight, float eps, Tensor& normed,
+                         std::span<const LinearWeight* const> ws,
+                         std::span<Tensor* const> outs) override;
+  void norm_linear_swiglu(const Tensor& x, const Tensor& norm_weight, float eps, Tensor& normed,
+                          const LinearWeight& wg, const LinearWeight& wu, Tensor& gate,
+                          Tensor& up) override;
+  void linear_add(const Tensor& x, const LinearWeight& w, Tensor& residual,
+                  Tensor& scratch) override;
   void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) override;
   void rope_kv_store(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions,
                      const Tensor& inv_freq, const KvLayerView& kv) override;
@@ -103,6 +109,9 @@ class CudaBackend final : public Backend {
   std::shared_ptr<const nf4::Nf4Weight> device_nf4(const std::shared_ptr<const nf4::Nf4Weight>& w);
 
  private:
+  bool try_nf4_group(const Tensor& x, std::span<const LinearWeight* const> ws,
+                     std::span<Tensor* const> outs, bool swiglu, const Tensor* norm, float eps,
+                     bool accumulate);
   struct Nf4Upload {
     std::shared_ptr<const nf4::Nf4Weight> host;  // keeps the key's address from being reused
     std::shared_ptr<const nf4::Nf4Weight> device;

@@ -15,8 +15,8 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kRowsPerWarp = 2;
-constexpr int kUnroll = 4;     // steps whose loads are issued before any is used
-constexpr int kVector = 8;     // weights per 16-byte load
+constexpr int kUnroll = 4;  // steps whose loads are issued before any is used
+constexpr int kVector = 8;  // weights per 16-byte load
 constexpr int kStep = 32 * kVector;
 
 struct GemvParams {
@@ -24,7 +24,8 @@ struct GemvParams {
   const float* x;  // [n, cols] f32
   float* out;      // [n, rows] f32
   int rows;
-  int cols;        // a multiple of 8
+  int cols;         // a multiple of 8
+  bool accumulate;  // out += result (a residual add) instead of out = result
 };
 
 __device__ __forceinline__ uint4 stream_load(const uint4* p) {
@@ -39,7 +40,8 @@ template <typename T>
 __device__ __forceinline__ void widen8(const uint4& v, float (&w)[8]) {
   const T* h = reinterpret_cast<const T*>(&v);
 #pragma unroll
-  for (int i = 0; i < 8; ++i) w[i] = to_float(h[i]);
+  for (int i = 0; i < 8; ++i)
+    w[i] = to_float(h[i]);
 }
 
 template <typename T, int N>
@@ -78,8 +80,8 @@ __global__ void __launch_bounds__(kThreads) dense_gemv_kernel(GemvParams p) {
         for (int r = 0; r < kRowsPerWarp; ++r) {
           float w[8];
           widen8<T>(v[u][r], w);
-          acc[r][t] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x +
-                       w[5] * b.y + w[6] * b.z + w[7] * b.w;
+          acc[r][t] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y +
+                       w[6] * b.z + w[7] * b.w;
         }
       }
     }
@@ -89,7 +91,10 @@ __global__ void __launch_bounds__(kThreads) dense_gemv_kernel(GemvParams p) {
 #pragma unroll
     for (int t = 0; t < N; ++t) {
       const float sum = warp_sum(acc[r][t]);
-      if (lane == 0 && row0 + r < p.rows) p.out[int64_t(t) * p.rows + row0 + r] = sum;
+      if (lane == 0 && row0 + r < p.rows) {
+        float* o = p.out + int64_t(t) * p.rows + row0 + r;
+        *o = p.accumulate ? __fadd_rn(*o, sum) : sum;  // as add_inplace: x + projection
+      }
     }
   }
 }
@@ -98,9 +103,9 @@ template <typename T>
 void launch_for_type(const GemvParams& p, int n, cudaStream_t stream) {
   const unsigned blocks = unsigned((p.rows + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp));
   switch (n) {
-#define LLAMAQ_GEMV_CASE(N)                                             \
-  case N:                                                               \
-    dense_gemv_kernel<T, N><<<blocks, kThreads, 0, stream>>>(p);        \
+#define LLAMAQ_GEMV_CASE(N)                                      \
+  case N:                                                        \
+    dense_gemv_kernel<T, N><<<blocks, kThreads, 0, stream>>>(p); \
     break;
     LLAMAQ_GEMV_CASE(1)
     LLAMAQ_GEMV_CASE(2)
@@ -127,11 +132,13 @@ bool dense_gemv_supported(const Tensor& x, const Tensor& weight) {
          aligned(weight.data()) && aligned(x.data());
 }
 
-void dense_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tensor& out) {
+void dense_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tensor& out,
+                bool accumulate) {
   GemvParams p{};
   p.w = weight.data();
   p.x = x.data_as<const float>();
   p.out = out.data_as<float>();
+  p.accumulate = accumulate;
   p.rows = int(weight.dim(0));
   p.cols = int(weight.dim(1));
   if (weight.dtype() == DType::BF16) {

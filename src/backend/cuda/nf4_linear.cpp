@@ -147,7 +147,7 @@ void linear_nf4(CudaContext& ctx, const Tensor& x, const nf4::Nf4Weight& w, Tens
 }
 
 bool linear_nf4_group(CudaContext& ctx, const Tensor& x, std::span<const nf4::Nf4Weight* const> ws,
-                      std::span<Tensor* const> outs, bool swiglu) {
+                      std::span<Tensor* const> outs, bool swiglu, const Dp4aOptions& options) {
   const char* op = "linear";
   require_tensor(x, DType::F32, 2, op, "x");
   const int64_t n = x.dim(0);
@@ -168,9 +168,11 @@ bool linear_nf4_group(CudaContext& ctx, const Tensor& x, std::span<const nf4::Nf
     out_data[i] = outs[i]->data_as<float>();
   }
   const std::span<const Nf4Params> group(params, ws.size());
-  if (!nf4_dp4a_group_supported(group, int(n), swiglu, ctx.multiprocessors())) return false;
+  if (!nf4_dp4a_group_supported(group, int(n), swiglu, options, ctx.multiprocessors())) {
+    return false;
+  }
   launch_nf4_dp4a_group(group, x.data_as<const float>(), std::span(out_data, outs.size()), int(n),
-                        swiglu, ctx.multiprocessors(), ctx.stream());
+                        swiglu, options, ctx.multiprocessors(), ctx.stream());
   return true;
 }
 

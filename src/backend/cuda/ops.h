@@ -13,9 +13,6 @@ namespace llamaq::cuda {
 
 void embedding(CudaContext& ctx, const Tensor& table, const Tensor& ids, Tensor& out);
 void rmsnorm(CudaContext& ctx, const Tensor& x, const Tensor& weight, float eps, Tensor& out);
-// x += residual (f32, in place), then out = rmsnorm(x), in one kernel.
-void add_rmsnorm(CudaContext& ctx, Tensor& x, const Tensor& residual, const Tensor& weight,
-                 float eps, Tensor& out);
 void rope(CudaContext& ctx, Tensor& x, const Tensor& positions, const Tensor& inv_freq);
 // rope(q), rope(k) and kv_store(k, v) in one kernel (f32 cache).
 void rope_kv_store(CudaContext& ctx, Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions,
@@ -43,7 +40,9 @@ inline constexpr int64_t kDenseGemvMaxTokens = 8;
 // ~36 us even at n = 32 (H200).
 inline constexpr int64_t kDenseGemvAutoMaxTokens = 1;
 bool dense_gemv_supported(const Tensor& x, const Tensor& weight);
-void dense_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tensor& out);
+// accumulate: out += x weight^T (a residual add in the same kernel).
+void dense_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tensor& out,
+                bool accumulate = false);
 enum class DensePath { Auto, Gemv, Gemm };
 
 // Dense linear through cuBLAS: bf16/f16 weights with the activations rounded to the weight's
@@ -67,10 +66,12 @@ void linear_nf4(CudaContext& ctx, const Tensor& x, const nf4::Nf4Weight& w, Tens
 // x ws[i]^T, or with `swiglu` (ws = gate, up) outs[0] = silu(x gate^T) * (x up^T). Returns false,
 // having done nothing, when the group cannot run as one launch (the caller runs the ops one by
 // one).
+struct Dp4aOptions;
 bool linear_nf4_group(CudaContext& ctx,
-                      const Tensor& x,                              // [n, in] f32
-                      std::span<const nf4::Nf4Weight* const> ws,    // device tensors
-                      std::span<Tensor* const> outs, bool swiglu);  // each [n, out_i] f32
+                      const Tensor& x,                            // [n, in] f32
+                      std::span<const nf4::Nf4Weight* const> ws,  // device tensors
+                      std::span<Tensor* const> outs, bool swiglu,
+                      const Dp4aOptions& options);  // each [n, out_i] f32
 // The whole NF4 weight dequantized to `out` ([rows, cols] of w.original_dtype), bit-exact with
 // nf4::dequantize.
 // `staged` (the default) writes through shared memory so a warp's stores are contiguous; false

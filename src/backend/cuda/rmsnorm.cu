@@ -1,8 +1,6 @@
 // RMSNorm as the CPU reference computes it: the sum of squares of a row accumulated in double,
 // inv_rms = float(1 / sqrt(sum / d + eps)), then out = weight * (x * inv_rms) in fp32. One block
-// per row; x may alias out (each element is read before the same thread writes it). add_rmsnorm
-// first adds a residual into x (x = x + residual, in fp32 as add_inplace does, written back) and
-// norms the sum: the residual add of one block and the norm of the next in one kernel.
+// per row; x may alias out (each element is read before the same thread writes it).
 //
 // Rows of up to kMaxCachedVecs * 4 * kThreads elements whose length is a multiple of 4 (every
 // Llama width) take the cached kernel: each thread loads its float4s once, all loads in flight
@@ -24,14 +22,7 @@ struct RmsnormParams {
   float* out;          // [n, d] f32
   int64_t d;
   float eps;
-  const float* residual;  // [n, d] f32 added into x first, or null
-  float* sum;             // [n, d] f32 where x + residual goes (x itself), with residual
 };
-
-__device__ __forceinline__ float4 add4(float4 a, float4 b) {
-  return make_float4(__fadd_rn(a.x, b.x), __fadd_rn(a.y, b.y), __fadd_rn(a.z, b.z),
-                     __fadd_rn(a.w, b.w));
-}
 
 // The sum of `value` over the block, in every thread.
 __device__ double block_sum(double value) {
@@ -78,19 +69,6 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_cached_kernel(RmsnormParams 
     const int i = threadIdx.x + j * kThreads;
     v[j] = i < vecs ? row[i] : make_float4(0.f, 0.f, 0.f, 0.f);
   }
-  if (p.residual != nullptr) {
-    const float4* residual =
-        reinterpret_cast<const float4*>(p.residual + int64_t(blockIdx.x) * p.d);
-    float4* sum = reinterpret_cast<float4*>(p.sum + int64_t(blockIdx.x) * p.d);
-#pragma unroll
-    for (int j = 0; j < kMaxCachedVecs; ++j) {
-      const int i = threadIdx.x + j * kThreads;
-      if (i < vecs) {
-        v[j] = add4(v[j], residual[i]);
-        sum[i] = v[j];
-      }
-    }
-  }
   double sum_squares = 0;
 #pragma unroll
   for (int j = 0; j < kMaxCachedVecs; ++j) {
@@ -116,13 +94,6 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_kernel(RmsnormParams p) {
   allow_dependents_to_launch();
   const float* row = p.x + int64_t(blockIdx.x) * p.d;
   float* row_out = p.out + int64_t(blockIdx.x) * p.d;
-  if (p.residual != nullptr) {  // each thread sums the elements it reads again below
-    const float* residual = p.residual + int64_t(blockIdx.x) * p.d;
-    float* sum = p.sum + int64_t(blockIdx.x) * p.d;
-    for (int64_t i = threadIdx.x; i < p.d; i += kThreads)
-      sum[i] = __fadd_rn(row[i], residual[i]);
-    row = sum;
-  }
   double sum_squares = 0;
   for (int64_t i = threadIdx.x; i < p.d; i += kThreads) {
     const double v = row[i];
@@ -141,7 +112,7 @@ bool cached_path_fits(const RmsnormParams& p) {
     return reinterpret_cast<uintptr_t>(ptr) % a == 0;
   };
   return p.d % 4 == 0 && p.d <= int64_t(kMaxCachedVecs) * 4 * kThreads && aligned(p.x, 16) &&
-         aligned(p.out, 16) && aligned(p.weight, 16) && aligned(p.residual, 16);
+         aligned(p.out, 16) && aligned(p.weight, 16);
 }
 
 void launch_rmsnorm(const RmsnormParams& p, DType weight_dtype, int64_t n, cudaStream_t stream) {
@@ -196,29 +167,6 @@ void rmsnorm(CudaContext& ctx, const Tensor& x, const Tensor& weight, float eps,
                         eps,
                         nullptr,
                         nullptr};
-  launch_rmsnorm(p, weight.dtype(), x.dim(0), ctx.stream());
-}
-
-void add_rmsnorm(CudaContext& ctx, Tensor& x, const Tensor& residual, const Tensor& weight,
-                 float eps, Tensor& out) {
-  const char* op = "add_rmsnorm";
-  require_tensor(x, DType::F32, 2, op, "x");
-  require_tensor(residual, DType::F32, 2, op, "residual");
-  require_shape(residual, x.shape(), op, "residual");
-  require_on_device(weight, op, "weight");
-  require(is_float_weight(weight.dtype()), op, "weight must be bf16, f16 or f32");
-  require(weight.numel() == x.dim(1), op,
-          "weight has " + std::to_string(weight.numel()) + " elements for rows of " +
-              std::to_string(x.dim(1)));
-  require_tensor(out, DType::F32, 2, op, "out");
-  require_shape(out, x.shape(), op, "out");
-  require(out.data() != x.data() && out.data() != residual.data(), op,
-          "out must not alias x or residual");
-  if (x.numel() == 0) return;
-  checked_int(x.dim(0), op, "rows");
-  const RmsnormParams p{
-      x.data_as<const float>(),        weight.data(),     out.data_as<float>(), x.dim(1), eps,
-      residual.data_as<const float>(), x.data_as<float>()};
   launch_rmsnorm(p, weight.dtype(), x.dim(0), ctx.stream());
 }
 
