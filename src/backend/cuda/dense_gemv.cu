@@ -28,14 +28,6 @@ struct GemvParams {
   bool accumulate;  // out += result (a residual add) instead of out = result
 };
 
-__device__ __forceinline__ uint4 stream_load(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
 template <typename T>
 __device__ __forceinline__ void widen8(const uint4& v, float (&w)[8]) {
   const T* h = reinterpret_cast<const T*>(&v);
@@ -64,7 +56,7 @@ __global__ void __launch_bounds__(kThreads) dense_gemv_kernel(GemvParams p) {
       const int col = base + u * kStep + lane * kVector;
 #pragma unroll
       for (int r = 0; r < kRowsPerWarp; ++r) {
-        v[u][r] = col < p.cols ? stream_load(rows[r] + col / kVector) : make_uint4(0, 0, 0, 0);
+        v[u][r] = col < p.cols ? load_streaming(rows[r] + col / kVector) : make_uint4(0, 0, 0, 0);
       }
     }
 #pragma unroll

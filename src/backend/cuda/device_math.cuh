@@ -26,6 +26,16 @@ __device__ __forceinline__ void wait_for_predecessors() {
 #endif
 }
 
+// A 16-byte load of data read once (weights streamed by a GEMV): through the non-coherent path,
+// without allocating in L1.
+__device__ __forceinline__ uint4 load_streaming(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1)

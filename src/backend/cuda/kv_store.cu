@@ -45,11 +45,7 @@ void kv_store(CudaContext& ctx, const Tensor& k, const Tensor& v, const Tensor& 
   require_shape(v, k.shape(), op, "v");
   const int64_t n = k.dim(0);
   require_positions_and_kv(positions, n, kv, op);
-  require(kv.k_blocks.dim(1) == kv.block_size && kv.k_blocks.dim(2) == k.dim(1) &&
-              kv.k_blocks.dim(3) == k.dim(2),
-          op,
-          "k " + shape_to_string(k.shape()) + " does not fit the blocks " +
-              shape_to_string(kv.k_blocks.shape()));
+  require_kv_fits(k, kv, op);
   if (n == 0) return;
   checked_int(n, op, "tokens");
   checked_int(kv.block_size, op, "block_size");

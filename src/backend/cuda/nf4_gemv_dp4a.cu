@@ -65,8 +65,10 @@ bool half_tables_of(const float (&codes)[nf4::kCodes], HalfTables& tables) {
     negated[i] = uint8_t(std::lround(-127.0f * low));
     positive[i] = uint8_t(std::lround(127.0f * high));
   }
-  std::memcpy(&tables.negated_low, negated, 8);
-  std::memcpy(&tables.positive_low, positive, 8);
+  std::memcpy(&tables.negated_low, negated, 4);
+  std::memcpy(&tables.negated_high, negated + 4, 4);
+  std::memcpy(&tables.positive_low, positive, 4);
+  std::memcpy(&tables.positive_high, positive + 4, 4);
   return true;
 }
 
@@ -74,14 +76,6 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t select
   uint32_t r;
   asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(selector));
   return r;
-}
-
-__device__ __forceinline__ uint4 stream16(const uint8_t* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
 }
 
 __device__ __forceinline__ uint32_t pack_bytes(int a, int b, int c, int d) {
@@ -250,7 +244,7 @@ __global__ void __launch_bounds__(kMaxThreads)
     locate(block + i * grid, matrix, row);
     row = min(row, LLAMAQ_PICK(g, matrix, rows) - 1);  // a clamped duplicate is not stored
     const int64_t k = int64_t(row) * cols + col;
-    ring[slot] = stream16(LLAMAQ_PICK(g, matrix, packed) + k / 2);
+    ring[slot] = load_streaming(LLAMAQ_PICK(g, matrix, packed) + k / 2);
     const unsigned block_index = unsigned(k >> g.block_shift);
     if (kDoubleQuant) {
       ring_scale[slot] = __ldg(LLAMAQ_PICK(g, matrix, absmax_codes) + block_index);

@@ -160,13 +160,8 @@ void rmsnorm(CudaContext& ctx, const Tensor& x, const Tensor& weight, float eps,
   require_shape(out, x.shape(), op, "out");
   if (x.numel() == 0) return;
   checked_int(x.dim(0), op, "rows");
-  const RmsnormParams p{x.data_as<const float>(),
-                        weight.data(),
-                        out.data_as<float>(),
-                        x.dim(1),
-                        eps,
-                        nullptr,
-                        nullptr};
+  const RmsnormParams p{x.data_as<const float>(), weight.data(), out.data_as<float>(), x.dim(1),
+                        eps};
   launch_rmsnorm(p, weight.dtype(), x.dim(0), ctx.stream());
 }
 

@@ -173,11 +173,7 @@ void rope_kv_store(CudaContext& ctx, Tensor& q, Tensor& k, const Tensor& v, cons
   require_tensor(inv_freq, DType::F32, 1, op, "inv_freq");
   require_shape(inv_freq, {k.dim(2) / 2}, op, "inv_freq");
   require_positions_and_kv(positions, n, kv, op);
-  require(kv.k_blocks.dim(1) == kv.block_size && kv.k_blocks.dim(2) == k.dim(1) &&
-              kv.k_blocks.dim(3) == k.dim(2),
-          op,
-          "k " + shape_to_string(k.shape()) + " does not fit the blocks " +
-              shape_to_string(kv.k_blocks.shape()));
+  require_kv_fits(k, kv, op);
   if (n == 0) return;
   checked_int(q.numel(), op, "q elements");
   checked_int(kv.block_size, op, "block_size");

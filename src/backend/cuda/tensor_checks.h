@@ -69,4 +69,14 @@ inline void require_positions_and_kv(const Tensor& positions, int64_t n, const K
   require_on_device(kv.block_table, op, "block_table");
 }
 
+// k [n, n_kv_heads, head_dim] must fit the cache's blocks [n_blocks, block_size, n_kv_heads,
+// head_dim].
+inline void require_kv_fits(const Tensor& k, const KvLayerView& kv, const char* op) {
+  require(kv.k_blocks.dim(1) == kv.block_size && kv.k_blocks.dim(2) == k.dim(1) &&
+              kv.k_blocks.dim(3) == k.dim(2),
+          op,
+          "k " + shape_to_string(k.shape()) + " does not fit the blocks " +
+              shape_to_string(kv.k_blocks.shape()));
+}
+
 }  // namespace llamaq::cuda
