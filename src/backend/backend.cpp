@@ -43,20 +43,6 @@ void Backend::linear_swiglu(const Tensor& x, const LinearWeight& wg, const Linea
   swiglu(gate, up, gate);
 }
 
-void Backend::norm_linear_group(const Tensor& x, const Tensor& norm_weight, float eps,
-                                Tensor& normed, std::span<const LinearWeight* const> ws,
-                                std::span<Tensor* const> outs) {
-  rmsnorm(x, norm_weight, eps, normed);
-  linear_group(normed, ws, outs);
-}
-
-void Backend::norm_linear_swiglu(const Tensor& x, const Tensor& norm_weight, float eps,
-                                 Tensor& normed, const LinearWeight& wg, const LinearWeight& wu,
-                                 Tensor& gate, Tensor& up) {
-  rmsnorm(x, norm_weight, eps, normed);
-  linear_swiglu(normed, wg, wu, gate, up);
-}
-
 void Backend::linear_add(const Tensor& x, const LinearWeight& w, Tensor& residual,
                          Tensor& scratch) {
   linear(x, w, scratch);

@@ -124,24 +124,6 @@ class Backend {
                              Tensor& gate,            // [n, f] f32: the product on return
                              Tensor& up);             // [n, f] f32 scratch
 
-  // The same two ops with an RMSNorm of x before them: normed = rmsnorm(x) * norm_weight, then
-  // linear_group / linear_swiglu on normed. A backend may fold the norm into the projection
-  // kernel and leave `normed` (scratch) unwritten; the defaults run rmsnorm first.
-  virtual void norm_linear_group(const Tensor& x,            // [n, in] f32
-                                 const Tensor& norm_weight,  // [in]
-                                 float eps,
-                                 Tensor& normed,                           // [n, in] f32 scratch
-                                 std::span<const LinearWeight* const> ws,  // each [out_i, in]
-                                 std::span<Tensor* const> outs);           // each [n, out_i] f32
-  virtual void norm_linear_swiglu(const Tensor& x,                         // [n, in] f32
-                                  const Tensor& norm_weight,               // [in]
-                                  float eps,
-                                  Tensor& normed,          // [n, in] f32 scratch
-                                  const LinearWeight& wg,  // [f, in]
-                                  const LinearWeight& wu,  // [f, in]
-                                  Tensor& gate,            // [n, f] f32: the product
-                                  Tensor& up);             // [n, f] f32 scratch
-
   // residual += x w^T (a projection and the residual add after it). `scratch` [n, out] f32 may
   // hold the projection; the default runs linear into it and add_inplace.
   virtual void linear_add(const Tensor& x,        // [n, in] f32

@@ -104,17 +104,17 @@ void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
   const float eps = float(config_.rms_norm_eps);
   Backend& b = backend_;
 
-  // Without LoRA the norms run inside the projections' ops and the residual adds inside the
-  // output projections' (one kernel each where the backend can: CUDA NF4 decode).
+  // Without LoRA, q/k/v run as one group, gate/up with SwiGLU as one op and each residual add
+  // inside its output projection (one kernel each where the backend can: CUDA decode).
+  b.rmsnorm(act.x, w.input_norm, eps, act.normed);
   Tensor q2 = act.q.reshaped({n, config_.q_dim()});
   Tensor k2 = act.k.reshaped({n, config_.kv_dim()});
   Tensor v2 = act.v.reshaped({n, config_.kv_dim()});
   if (!w.q_proj.lora && !w.k_proj.lora && !w.v_proj.lora) {
     const LinearWeight* qkv[] = {&w.q_proj, &w.k_proj, &w.v_proj};
     Tensor* qkv_out[] = {&q2, &k2, &v2};
-    b.norm_linear_group(act.x, w.input_norm, eps, act.normed, qkv, qkv_out);
+    b.linear_group(act.normed, qkv, qkv_out);
   } else {
-    b.rmsnorm(act.x, w.input_norm, eps, act.normed);
     linear(act.normed, w.q_proj, q2);
     linear(act.normed, w.k_proj, k2);
     linear(act.normed, w.v_proj, v2);
@@ -140,11 +140,10 @@ void LlamaModel::run_layer(int layer, Activations& act, const Tensor& positions,
     }
   }
   project_add(act.attn, w.o_proj, act.x, act.proj);
+  b.rmsnorm(act.x, w.post_attention_norm, eps, act.normed);
   if (!w.gate_proj.lora && !w.up_proj.lora) {
-    b.norm_linear_swiglu(act.x, w.post_attention_norm, eps, act.normed, w.gate_proj, w.up_proj,
-                         act.gate, act.up);
+    b.linear_swiglu(act.normed, w.gate_proj, w.up_proj, act.gate, act.up);
   } else {
-    b.rmsnorm(act.x, w.post_attention_norm, eps, act.normed);
     linear(act.normed, w.gate_proj, act.gate);
     linear(act.normed, w.up_proj, act.up);
     b.swiglu(act.gate, act.up, act.gate);

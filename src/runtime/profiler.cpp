@@ -195,26 +195,6 @@ void ProfilingBackend::linear_group(const Tensor& x, std::span<const LinearWeigh
         [&] { inner_->linear_group(x, ws, outs); });
 }
 
-void ProfilingBackend::norm_linear_group(const Tensor& x, const Tensor& norm_weight, float eps,
-                                         Tensor& normed, std::span<const LinearWeight* const> ws,
-                                         std::span<Tensor* const> outs) {
-  std::string shapes = dims(x) + " x";
-  for (const LinearWeight* w : ws)
-    shapes +=
-        " [" + std::to_string(w->out_features()) + ", " + std::to_string(w->in_features()) + "]";
-  timed(ws.empty() ? std::string("norm_linear_group") : linear_kind(*ws[0]) + ".norm_group", shapes,
-        [&] { inner_->norm_linear_group(x, norm_weight, eps, normed, ws, outs); });
-}
-
-void ProfilingBackend::norm_linear_swiglu(const Tensor& x, const Tensor& norm_weight, float eps,
-                                          Tensor& normed, const LinearWeight& wg,
-                                          const LinearWeight& wu, Tensor& gate, Tensor& up) {
-  timed(linear_kind(wg) + ".norm_swiglu",
-        dims(x) + " x 2 [" + std::to_string(wg.out_features()) + ", " +
-            std::to_string(wg.in_features()) + "]",
-        [&] { inner_->norm_linear_swiglu(x, norm_weight, eps, normed, wg, wu, gate, up); });
-}
-
 void ProfilingBackend::linear_add(const Tensor& x, const LinearWeight& w, Tensor& residual,
                                   Tensor& scratch) {
   timed(linear_kind(w) + ".add",

@@ -57,12 +57,6 @@ class ProfilingBackend final : public Backend {
                     std::span<Tensor* const> outs) override;
   void linear_swiglu(const Tensor& x, const LinearWeight& wg, const LinearWeight& wu, Tensor& gate,
                      Tensor& up) override;
-  void norm_linear_group(const Tensor& x, const Tensor& norm_weight, float eps, Tensor& normed,
-                         std::span<const LinearWeight* const> ws,
-                         std::span<Tensor* const> outs) override;
-  void norm_linear_swiglu(const Tensor& x, const Tensor& norm_weight, float eps, Tensor& normed,
-                          const LinearWeight& wg, const LinearWeight& wu, Tensor& gate,
-                          Tensor& up) override;
   void linear_add(const Tensor& x, const LinearWeight& w, Tensor& residual,
                   Tensor& scratch) override;
   void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) override;

@@ -90,11 +90,10 @@ void CudaBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   }
 }
 
-// NF4 projections run as one dp4a launch when they can (decode), else one by one. `norm` (may be
-// null) is an RMSNorm of x the kernel applies itself; `accumulate` adds into the outputs.
+// NF4 projections run as one dp4a launch when they can (decode), else one by one; `accumulate`
+// adds into the outputs.
 bool CudaBackend::try_nf4_group(const Tensor& x, std::span<const LinearWeight* const> ws,
-                                std::span<Tensor* const> outs, bool swiglu, const Tensor* norm,
-                                float eps, bool accumulate) {
+                                std::span<Tensor* const> outs, bool swiglu, bool accumulate) {
   if (ws.empty() || ws.size() > 3) return false;
   std::vector<std::shared_ptr<const nf4::Nf4Weight>> keep;
   std::vector<const nf4::Nf4Weight*> device;
@@ -105,32 +104,13 @@ bool CudaBackend::try_nf4_group(const Tensor& x, std::span<const LinearWeight* c
   }
   Dp4aOptions options;
   options.accumulate = accumulate;
-  if (norm != nullptr) {
-    require_on_device(*norm, "linear", "norm weight");
-    if (norm->rank() != 1 || norm->numel() != x.dim(1)) return false;
-    switch (norm->dtype()) {
-      case DType::F32:
-        options.norm_kind = 0;
-        break;
-      case DType::BF16:
-        options.norm_kind = 1;
-        break;
-      case DType::F16:
-        options.norm_kind = 2;
-        break;
-      default:
-        return false;
-    }
-    options.norm_weight = norm->data();
-    options.norm_eps = eps;
-  }
   return linear_nf4_group(ctx_, x, device, outs, swiglu, options);
 }
 
 void CudaBackend::linear_group(const Tensor& x, std::span<const LinearWeight* const> ws,
                                std::span<Tensor* const> outs) {
   ctx_.activate("linear");
-  if (ws.size() == outs.size() && try_nf4_group(x, ws, outs, false, nullptr, 0.0f, false)) return;
+  if (ws.size() == outs.size() && try_nf4_group(x, ws, outs, false, false)) return;
   Backend::linear_group(x, ws, outs);
 }
 
@@ -139,28 +119,8 @@ void CudaBackend::linear_swiglu(const Tensor& x, const LinearWeight& wg, const L
   ctx_.activate("linear");
   const LinearWeight* ws[2] = {&wg, &wu};
   Tensor* out[1] = {&gate};
-  if (try_nf4_group(x, ws, out, true, nullptr, 0.0f, false)) return;
+  if (try_nf4_group(x, ws, out, true, false)) return;
   Backend::linear_swiglu(x, wg, wu, gate, up);
-}
-
-void CudaBackend::norm_linear_group(const Tensor& x, const Tensor& norm_weight, float eps,
-                                    Tensor& normed, std::span<const LinearWeight* const> ws,
-                                    std::span<Tensor* const> outs) {
-  ctx_.activate("linear");
-  if (ws.size() == outs.size() && try_nf4_group(x, ws, outs, false, &norm_weight, eps, false)) {
-    return;
-  }
-  Backend::norm_linear_group(x, norm_weight, eps, normed, ws, outs);
-}
-
-void CudaBackend::norm_linear_swiglu(const Tensor& x, const Tensor& norm_weight, float eps,
-                                     Tensor& normed, const LinearWeight& wg, const LinearWeight& wu,
-                                     Tensor& gate, Tensor& up) {
-  ctx_.activate("linear");
-  const LinearWeight* ws[2] = {&wg, &wu};
-  Tensor* out[1] = {&gate};
-  if (try_nf4_group(x, ws, out, true, &norm_weight, eps, false)) return;
-  Backend::norm_linear_swiglu(x, norm_weight, eps, normed, wg, wu, gate, up);
 }
 
 // residual += x w^T: in the GEMV's epilogue for NF4 (dp4a) and bf16/f16 (one token), else a
@@ -170,7 +130,7 @@ void CudaBackend::linear_add(const Tensor& x, const LinearWeight& w, Tensor& res
   ctx_.activate("linear");
   const LinearWeight* ws[1] = {&w};
   Tensor* out[1] = {&residual};
-  if (try_nf4_group(x, ws, out, false, nullptr, 0.0f, true)) return;
+  if (try_nf4_group(x, ws, out, false, true)) return;
   if (!w.quantized() && x.dim(0) <= kDenseGemvAutoMaxTokens && x.dtype() == DType::F32 &&
       x.rank() == 2 && dense_gemv_supported(x, w.weight)) {
     require_tensor(residual, DType::F32, 2, "linear", "residual");

@@ -56,12 +56,6 @@ class CudaBackend final : public Backend {
                     std::span<Tensor* const> outs) override;
   void linear_swiglu(const Tensor& x, const LinearWeight& wg, const LinearWeight& wu, Tensor& gate,
                      Tensor& up) override;
-  void norm_linear_group(const Tensor& x, const Tensor& norm_weight, float eps, Tensor& normed,
-                         std::span<const LinearWeight* const> ws,
-                         std::span<Tensor* const> outs) override;
-  void norm_linear_swiglu(const Tensor& x, const Tensor& norm_weight, float eps, Tensor& normed,
-                          const LinearWeight& wg, const LinearWeight& wu, Tensor& gate,
-                          Tensor& up) override;
   void linear_add(const Tensor& x, const LinearWeight& w, Tensor& residual,
                   Tensor& scratch) override;
   void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) override;
@@ -110,8 +104,7 @@ class CudaBackend final : public Backend {
 
  private:
   bool try_nf4_group(const Tensor& x, std::span<const LinearWeight* const> ws,
-                     std::span<Tensor* const> outs, bool swiglu, const Tensor* norm, float eps,
-                     bool accumulate);
+                     std::span<Tensor* const> outs, bool swiglu, bool accumulate);
   struct Nf4Upload {
     std::shared_ptr<const nf4::Nf4Weight> host;  // keeps the key's address from being reused
     std::shared_ptr<const nf4::Nf4Weight> device;

@@ -83,57 +83,17 @@ __device__ __forceinline__ uint32_t pack_bytes(int a, int b, int c, int d) {
          (uint32_t(d) << 24);
 }
 
-// An RMSNorm of x folded into the GEMV (norm_linear_group/norm_linear_swiglu): every CTA computes
-// the row's inv_rms itself (the row is in L2: 16 KB for 4096 columns), exactly as rmsnorm.cu does.
-struct InputNorm {
-  const void* weight;  // [cols] f32, bf16 or f16, or null: no norm
-  int kind;            // 0 f32, 1 bf16, 2 f16
-  float eps;
-};
-
-__device__ __forceinline__ float norm_weight_at(const InputNorm& norm, int i) {
-  if (norm.kind == 1) return __bfloat162float(static_cast<const __nv_bfloat16*>(norm.weight)[i]);
-  if (norm.kind == 2) return __half2float(static_cast<const __half*>(norm.weight)[i]);
-  return static_cast<const float*>(norm.weight)[i];
-}
-
-// float(1 / sqrt(sum(x^2) / cols + eps)) of one row, the sum in double (as rmsnorm.cu), in every
-// thread of the block. `scratch` holds one double per warp.
-__device__ float row_inv_rms(const float* __restrict__ row, int cols, float eps, double* scratch) {
-  double sum = 0.0;
-  for (int i = int(threadIdx.x); i < cols; i += int(blockDim.x)) {
-    const double v = row[i];
-    sum += v * v;
-  }
-  sum = warp_sum(sum);
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = sum;
-  __syncthreads();
-  double total = 0.0;
-  for (int w = 0; w < int(blockDim.x) / 32; ++w)
-    total += scratch[w];
-  __syncthreads();  // scratch is reused for the next row
-  return float(1.0 / sqrt(total / double(cols) + double(eps)));
-}
-
 // x's 32 values from `col` on as int8, in the order the PRMT lookups yield the codes of a word:
 // bytes (1, 0, 3, 2) of each half word (a byte keeps its even column in the high nibble).
 // Returns the dequantization step max|x| / 127.
-// With a norm weight, x is first normed as rmsnorm.cu does: weight * (x * inv_rms), each product
-// rounded to fp32.
 __device__ __forceinline__ float quantize_chunk(const float* __restrict__ x,  // [cols] f32
-                                                int col, const InputNorm& norm, float inv_rms,
-                                                uint32_t (&packed)[8]) {
+                                                int col, uint32_t (&packed)[8]) {
   float v[kChunkCols];
   const float4* src = reinterpret_cast<const float4*>(x + col);
 #pragma unroll
   for (int i = 0; i < kChunkCols / 4; ++i) {
     const float4 f = src[i];  // written by the previous kernel: not through the read-only path
     v[4 * i] = f.x, v[4 * i + 1] = f.y, v[4 * i + 2] = f.z, v[4 * i + 3] = f.w;
-  }
-  if (norm.weight != nullptr) {
-#pragma unroll
-    for (int i = 0; i < kChunkCols; ++i)
-      v[i] = __fmul_rn(norm_weight_at(norm, col + i), __fmul_rn(v[i], inv_rms));
   }
   float amax = 0.0f;
 #pragma unroll
@@ -195,7 +155,6 @@ struct Dp4aGroup {
   int nested_shift;
   int rows_per_pass;
   int total_groups;
-  InputNorm norm;   // x normed on the fly (weight null: x used as it is)
   bool accumulate;  // out += result (the residual add) instead of out = result
 };
 
@@ -264,16 +223,11 @@ __global__ void __launch_bounds__(kMaxThreads)
     for (int i = int(threadIdx.x); i < 256 * g.count; i += int(blockDim.x))
       nested_maps[i] = LLAMAQ_PICK(g, i / 256, nested_map)[i % 256];
   }
-  __shared__ double norm_scratch[kMaxThreads / 32];
   uint32_t xq[kTokens][8];
   float step[kTokens];
 #pragma unroll
-  for (int t = 0; t < kTokens; ++t) {
-    const float* row = x + int64_t(t) * cols;
-    const float inv_rms =
-        g.norm.weight != nullptr ? row_inv_rms(row, cols, g.norm.eps, norm_scratch) : 1.0f;
-    step[t] = quantize_chunk(row, col, g.norm, inv_rms, xq[t]);
-  }
+  for (int t = 0; t < kTokens; ++t)
+    step[t] = quantize_chunk(x + int64_t(t) * cols, col, xq[t]);
   __syncthreads();
 
   const int warp_in_row = (int(threadIdx.x) % threads_per_row) / 32;
@@ -460,11 +414,7 @@ bool dispatch(std::span<const Nf4Params> ps, const float* x, std::span<float* co
   Dp4aGroup g;
   HalfTables tables{};
   if (!make_group(ps, swiglu, g, tables)) return false;
-  g.norm = InputNorm{options.norm_weight, options.norm_kind, options.norm_eps};
   g.accumulate = options.accumulate;
-  if (options.norm_weight != nullptr && (options.norm_kind < 0 || options.norm_kind > 2)) {
-    return false;
-  }
   if (x != nullptr && reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
   for (size_t i = 0; i < outs.size() && i < size_t(g.count); ++i)
     g.m[i].out = outs[i];

@@ -67,13 +67,9 @@ void launch_nf4_dp4a_gemv(const Nf4Params& p,
 // Up to three matrices with the same cols, block size, scale format and code book in one launch:
 // outs[i] = x ps[i]^T ([n, rows_i] f32 each). With `swiglu` (two matrices of equal rows: gate,
 // up), one output: silu(x gate^T) * (x up^T), [n, rows] f32.
-// Options of a group launch: an RMSNorm of x computed in the kernel (norm_weight [cols] f32 /
-// bf16 / f16 as norm_kind 0 / 1 / 2; x is then the norm's input, as rmsnorm.cu computes it), and
-// accumulate: outs[i] += result (a residual add) instead of outs[i] = result.
+// Options of a group launch. accumulate: outs[i] += result (a residual add) instead of
+// outs[i] = result.
 struct Dp4aOptions {
-  const void* norm_weight = nullptr;
-  int norm_kind = 0;
-  float norm_eps = 0.0f;
   bool accumulate = false;
 };
 bool nf4_dp4a_group_supported(std::span<const Nf4Params> ps, int n, bool swiglu,
