@@ -10,7 +10,8 @@
 // register ring (ld.global.nc, no L1 allocation), with its block's scale code and nested absmax.
 // One launch can cover up to three matrices that share x (q, k and v): their row groups follow
 // one another. Gate and up can also run as a pair whose passes hold gate row r next to up row r,
-// so that the kernel writes silu(gate) * up and the MLP needs no separate SwiGLU kernel.
+// so that the kernel writes silu(gate) * up and the MLP needs no separate SwiGLU kernel. With
+// `accumulate` the kernel adds its result into out (the residual add after o_proj and down_proj).
 //
 // Decoding: the code book as int8, q = round(127 * code), split into its non-positive half
 // (codes 0..7, stored negated: 0..127) and its non-negative half (codes 8..15). One PRMT looks up
