@@ -17,6 +17,11 @@ std::string dims(const Tensor& t) {
   return shape_to_string(t.shape());
 }
 
+// "[out, in]" of a projection's weight.
+std::string weight_dims(const LinearWeight& w) {
+  return fmt::format("[{}, {}]", w.out_features(), w.in_features());
+}
+
 std::string linear_kind(const LinearWeight& w) {
   if (w.quantized()) return "linear.nf4";
   std::string name = "linear." + std::string(dtype_name(w.weight.dtype()));
@@ -179,9 +184,7 @@ void ProfilingBackend::rmsnorm(const Tensor& x, const Tensor& weight, float eps,
 }
 
 void ProfilingBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
-  timed(linear_kind(w),
-        dims(x) + " x [" + std::to_string(w.out_features()) + ", " +
-            std::to_string(w.in_features()) + "]",
+  timed(linear_kind(w), fmt::format("{} x {}", dims(x), weight_dims(w)),
         [&] { inner_->linear(x, w, out); });
 }
 
@@ -189,25 +192,20 @@ void ProfilingBackend::linear_group(const Tensor& x, std::span<const LinearWeigh
                                     std::span<Tensor* const> outs) {
   std::string shapes = dims(x) + " x";
   for (const LinearWeight* w : ws)
-    shapes +=
-        " [" + std::to_string(w->out_features()) + ", " + std::to_string(w->in_features()) + "]";
+    shapes += fmt::format(" {}", weight_dims(*w));
   timed(ws.empty() ? std::string("linear_group") : linear_kind(*ws[0]) + ".group", shapes,
         [&] { inner_->linear_group(x, ws, outs); });
 }
 
 void ProfilingBackend::linear_add(const Tensor& x, const LinearWeight& w, Tensor& residual,
                                   Tensor& scratch) {
-  timed(linear_kind(w) + ".add",
-        dims(x) + " x [" + std::to_string(w.out_features()) + ", " +
-            std::to_string(w.in_features()) + "]",
+  timed(linear_kind(w) + ".add", fmt::format("{} x {}", dims(x), weight_dims(w)),
         [&] { inner_->linear_add(x, w, residual, scratch); });
 }
 
 void ProfilingBackend::linear_swiglu(const Tensor& x, const LinearWeight& wg,
                                      const LinearWeight& wu, Tensor& gate, Tensor& up) {
-  timed(linear_kind(wg) + ".swiglu",
-        dims(x) + " x 2 [" + std::to_string(wg.out_features()) + ", " +
-            std::to_string(wg.in_features()) + "]",
+  timed(linear_kind(wg) + ".swiglu", fmt::format("{} x 2 {}", dims(x), weight_dims(wg)),
         [&] { inner_->linear_swiglu(x, wg, wu, gate, up); });
 }
 
