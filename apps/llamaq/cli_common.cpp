@@ -37,8 +37,8 @@ void add_model_options(CLI::App& command, ModelOptions& options) {
 void add_kv_dtype_option(CLI::App& command, std::string& kv_dtype) {
   command
       .add_option("--kv-dtype", kv_dtype,
-                  "CPU KV cache: bf16 (default on the fast path), f16 or f32 (default on the "
-                  "reference path)")
+                  "KV cache: bf16 (default on the GPU and the CPU fast path), f16 (CPU only) or "
+                  "f32 (default on the CPU reference path)")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}));
 }
 
@@ -53,8 +53,8 @@ std::optional<DType> kv_dtype_of(const ModelOptions& options) {
 }  // namespace
 
 std::unique_ptr<Backend> make_backend(const ModelOptions& options) {
-  if (options.device == "cuda" && !options.kv_dtype.empty() && options.kv_dtype != "f32") {
-    fail("--kv-dtype {}: the CUDA backend keeps its KV cache in f32", options.kv_dtype);
+  if (options.device == "cuda" && options.kv_dtype == "f16") {
+    fail("--kv-dtype f16: the CUDA backend keeps its KV cache in bf16 or f32");
   }
   if (options.attention != "flash" && options.attention != "naive") {
     fail("--attn: unknown attention \"{}\" (flash or naive)", options.attention);
@@ -64,6 +64,7 @@ std::unique_ptr<Backend> make_backend(const ModelOptions& options) {
     cuda::CudaBackendOptions cuda_options;
     cuda_options.attention =
         options.attention == "naive" ? cuda::AttentionImpl::Naive : cuda::AttentionImpl::Flash;
+    if (options.kv_dtype == "f32") cuda_options.kv_dtype = DType::F32;
     return make_cuda_backend(0, cuda_options);
 #else
     fail("--device cuda: this build has no CUDA backend (nvcc was not found when it was built)");

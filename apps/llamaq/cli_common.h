@@ -27,10 +27,10 @@ struct ModelOptions {
   bool no_graphs = false;           // run decode steps op by op instead of replaying a CUDA graph
   std::string profile_path;         // per-op trace (Chrome trace JSON) written here when set
   std::string attention = "flash";  // GPU attention: flash, or naive (scores materialized)
-  std::string kv_dtype;             // CPU KV cache: f32, bf16 or f16; empty = the backend's default
+  std::string kv_dtype;  // KV cache: f32, bf16 or f16 (CPU); empty = the backend's default
 };
 
-// --kv-dtype f32|bf16|f16 (the CPU's KV cache).
+// --kv-dtype f32|bf16|f16 (the KV cache; f16 on the CPU only).
 void add_kv_dtype_option(CLI::App& command, std::string& kv_dtype);
 
 // The backend the options ask for; cuda needs a build with nvcc.

@@ -77,6 +77,10 @@ class Backend {
   // A projection weight for this backend: dense weights go through upload(); a backend that
   // runs NF4 kernels copies the quantized tensors too (the CPU backend returns `host` as is).
   virtual LinearWeight upload_linear(const LinearWeight& host) = 0;
+  // The token-embedding table ([vocab, d]), of which each step reads only its tokens' rows: a
+  // backend may keep it out of its own memory (the CUDA backend keeps it in pinned host memory
+  // that its embedding kernel reads over the bus). The default is upload().
+  virtual Tensor upload_embedding(const Tensor& host) { return upload(host); }
 
   // Records the ops `record` issues without running them. Every tensor allocated while recording
   // stays alive (and is never handed out again) for as long as the graph exists, so the graph may

@@ -22,7 +22,10 @@ LinearWeight upload(Backend& backend, const LinearWeight& w, LoraBranches branch
 
 LlamaWeights upload_weights(Backend& backend, const LlamaWeights& host, LoraBranches lora) {
   LlamaWeights w;
-  w.embed_tokens = backend.upload(host.embed_tokens);
+  // A tied head streams the whole table every step: then it must be where the head runs.
+  const bool tied = host.lm_head.weight.data() == host.embed_tokens.data();
+  w.embed_tokens =
+      tied ? backend.upload(host.embed_tokens) : backend.upload_embedding(host.embed_tokens);
   for (const LayerWeights& h : host.layers) {
     LayerWeights l;
     l.input_norm = backend.upload(h.input_norm);
@@ -37,7 +40,6 @@ LlamaWeights upload_weights(Backend& backend, const LlamaWeights& host, LoraBran
     w.layers.push_back(std::move(l));
   }
   w.final_norm = backend.upload(host.final_norm);
-  const bool tied = host.lm_head.weight.data() == host.embed_tokens.data();
   w.lm_head = tied ? LinearWeight::dense(w.embed_tokens) : upload(backend, host.lm_head, lora);
   return w;
 }
@@ -183,14 +185,16 @@ Tensor LlamaModel::forward_batch(KvCache& cache, std::span<const SequenceInput> 
   if (graph_eligible(items, which)) {
     logits = decode_with_graph(cache, slices, host_ids, host_positions);
   }
-  if (logits.empty()) {
+  if (logits.empty()) {  // no graph
     const int64_t n = int64_t(host_ids.size());
     Tensor positions = backend_.alloc(DType::I32, {n});
     backend_.copy_from_host(positions, host_positions.data());
     Tensor token_ids = backend_.alloc(DType::I32, {n});
     backend_.copy_from_host(token_ids, host_ids.data());
-    const int64_t rows = which == LogitsFor::LastToken ? int64_t(slices.size()) : n;
-    logits = backend_.alloc(DType::F32, {rows, config_.vocab_size});
+    if (which != LogitsFor::None) {
+      const int64_t rows = which == LogitsFor::LastToken ? int64_t(slices.size()) : n;
+      logits = backend_.alloc(DType::F32, {rows, config_.vocab_size});
+    }
     const std::vector<BatchSlice> groups = attention_groups(cache, slices);
     run_forward(cache, token_ids, positions, slices, groups, which, logits);
   }
@@ -234,6 +238,7 @@ void LlamaModel::run_forward(KvCache& cache, const Tensor& token_ids, const Tens
   for (int layer = 0; layer < int(config_.num_hidden_layers); ++layer) {
     run_layer(layer, act, positions, cache, groups);
   }
+  if (which == LogitsFor::None) return;
   // LastToken: one row per sequence (its last token); AllTokens: every row.
   const float eps = float(config_.rms_norm_eps);
   const int64_t rows = logits.dim(0);

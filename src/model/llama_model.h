@@ -14,7 +14,9 @@
 
 namespace llamaq {
 
-enum class LogitsFor { LastToken, AllTokens };
+// Which logits a forward pass computes: the last token's of each sequence, every token's, or none
+// (a prompt chunk that only fills the KV cache: no final norm, no LM head).
+enum class LogitsFor { LastToken, AllTokens, None };
 
 // Whether upload_weights copies the LoRA branches of the host weights (inference with merged-in
 // adapters) or leaves them behind (a training model, which owns its adapters).
@@ -41,7 +43,7 @@ class LlamaModel {
 
   // Runs the next tokens of sequence `seq` (positions cache.length(seq) onwards), appending
   // their keys and values to the cache. Returns logits on the backend:
-  // [1, vocab] f32 for LastToken, [ids.size(), vocab] f32 for AllTokens.
+  // [1, vocab] f32 for LastToken, [ids.size(), vocab] f32 for AllTokens, an empty tensor for None.
   Tensor forward(KvCache& cache, int seq, std::span<const int32_t> ids, LogitsFor which);
 
   // Several sequences at once (continuous batching): the projections run over all their tokens
@@ -91,7 +93,7 @@ class LlamaModel {
                    const Tensor& positions,                  // [n] i32
                    std::span<const BatchSlice> slices, std::span<const BatchSlice> groups,
                    LogitsFor which,
-                   Tensor& logits);  // [rows, vocab] f32
+                   Tensor& logits);  // [rows, vocab] f32 (untouched for None)
   bool graph_eligible(std::span<const SequenceInput> items, LogitsFor which) const;
   // Replays (recording it first when needed) the decode graph for this batch size and cache.
   Tensor decode_with_graph(KvCache& cache, std::span<const BatchSlice> slices,

@@ -7,15 +7,15 @@
 
 namespace llamaq {
 
-GenerateResult generate(LlamaModel& model, KvCache& cache, int seq,
-                        std::span<const int32_t> prompt, const GenerateOptions& options,
+GenerateResult generate(LlamaModel& model, KvCache& cache, int seq, std::span<const int32_t> prompt,
+                        const GenerateOptions& options,
                         const std::function<bool(int32_t)>& on_token) {
   if (prompt.empty()) fail("generate: the prompt is empty (give at least one token)");
   if (options.max_new_tokens < 0) fail("generate: max new tokens must be >= 0");
   if (options.prefill_chunk <= 0) fail("generate: prefill chunk must be > 0");
   // The last sampled token is never fed back, so it needs no cache slot.
-  const int64_t positions = cache.length(seq) + int64_t(prompt.size()) +
-                            std::max<int64_t>(0, options.max_new_tokens - 1);
+  const int64_t positions =
+      cache.length(seq) + int64_t(prompt.size()) + std::max<int64_t>(0, options.max_new_tokens - 1);
   if (positions > cache.capacity_tokens()) {
     fail("generate: {} context + {} prompt + {} new tokens do not fit a context of {} tokens",
          cache.length(seq), prompt.size(), options.max_new_tokens, cache.capacity_tokens());
@@ -49,7 +49,7 @@ GenerateResult generate(LlamaModel& model, KvCache& cache, int seq,
   for (size_t begin = 0; begin < prompt.size(); begin += size_t(options.prefill_chunk)) {
     const size_t count = std::min(prompt.size() - begin, size_t(options.prefill_chunk));
     if (begin + count < prompt.size()) {
-      model.forward(cache, seq, prompt.subspan(begin, count), LogitsFor::LastToken);
+      model.forward(cache, seq, prompt.subspan(begin, count), LogitsFor::None);
     } else {
       token = next_token(prompt.subspan(begin, count));
     }

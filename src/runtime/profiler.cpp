@@ -167,6 +167,10 @@ LinearWeight ProfilingBackend::upload_linear(const LinearWeight& host) {
   return inner_->upload_linear(host);
 }
 
+Tensor ProfilingBackend::upload_embedding(const Tensor& host) {
+  return inner_->upload_embedding(host);
+}
+
 void ProfilingBackend::copy_from_host(Tensor& dst, const void* src) {
   timed("copy_from_host", dims(dst), [&] { inner_->copy_from_host(dst, src); });
 }

@@ -43,6 +43,7 @@ class ProfilingBackend final : public Backend {
   void copy_from_host(Tensor& dst, const void* src) override;
   void copy_to_host(const Tensor& src, void* dst) override;
   LinearWeight upload_linear(const LinearWeight& host) override;
+  Tensor upload_embedding(const Tensor& host) override;
   MemoryStats memory_stats() const override { return inner_->memory_stats(); }
   void reset_peak_memory() override { inner_->reset_peak_memory(); }
   std::unique_ptr<TimingMark> timing_mark() override { return inner_->timing_mark(); }

@@ -35,17 +35,36 @@ struct AttentionCase {
   int64_t n;      // new tokens (queries)
 };
 
-// A cache of `capacity` tokens whose blocks hold random keys/values, on the host and the GPU.
+Tensor to_bf16(const Tensor& f32) {
+  Tensor out = Tensor::zeros(DType::BF16, f32.shape());
+  for (int64_t i = 0; i < f32.numel(); ++i)
+    out.data_as<uint16_t>()[i] = float_to_bf16(f32.data_as<const float>()[i]);
+  return out;
+}
+
+Tensor to_f32(const Tensor& bf16) {
+  Tensor out = Tensor::zeros(DType::F32, bf16.shape());
+  for (int64_t i = 0; i < bf16.numel(); ++i)
+    out.data_as<float>()[i] = bf16_to_float(bf16.data_as<const uint16_t>()[i]);
+  return out;
+}
+
+// A cache of `capacity` tokens whose blocks hold random keys/values (f32 or bf16), on the host and
+// the GPU.
 struct PagedCache {
   Tensor k_host, v_host, table_host;
   Tensor k_gpu, v_gpu, table_gpu;
 
-  PagedCache(Backend& gpu, const AttentionCase& c, std::mt19937& rng) {
+  PagedCache(Backend& gpu, const AttentionCase& c, std::mt19937& rng, DType dtype = DType::F32) {
     const int64_t blocks = (c.start + c.n + kBlockSize - 1) / kBlockSize + 3;  // spare blocks
     k_host =
         gpu_test::random_tensor(DType::F32, {blocks, kBlockSize, c.n_kv_heads, c.head_dim}, rng);
     v_host =
         gpu_test::random_tensor(DType::F32, {blocks, kBlockSize, c.n_kv_heads, c.head_dim}, rng);
+    if (dtype == DType::BF16) {
+      k_host = to_bf16(k_host);
+      v_host = to_bf16(v_host);
+    }
     std::vector<int32_t> table(static_cast<size_t>(blocks));
     std::iota(table.begin(), table.end(), 0);
     std::shuffle(table.begin(), table.end(), rng);
@@ -104,8 +123,7 @@ class CudaAttention : public gpu_test::GpuTest {
     EXPECT_LE(relative_error(flash, naive), 2 * kBf16AttentionTolerance);
   }
 
-  // The tensor-core flash and the naive kernels reading a bf16 cache, against the CPU on the same
-  // (bf16-rounded) keys and values.
+  // Every kernel reading a bf16 cache, against the CPU on the same (bf16-rounded) keys and values.
   void check_bf16_cache(const AttentionCase& c) {
     SCOPED_TRACE("bf16 cache, " + describe(c));
     PagedCache cache(gpu(), c, rng_);
@@ -122,8 +140,10 @@ class CudaAttention : public gpu_test::GpuTest {
     const Tensor positions_gpu = gpu().upload(positions);
     const Tensor k_gpu = gpu().upload(k16);
     const Tensor v_gpu = gpu().upload(v16);
-    enum class Kernel { Flash, Naive, SplitKv };
-    for (Kernel kernel : {Kernel::Flash, Kernel::Naive, Kernel::SplitKv}) {
+    enum class Kernel { Flash, FlashFp32, Naive, SplitKv };
+    for (Kernel kernel : {Kernel::Flash, Kernel::FlashFp32, Kernel::Naive, Kernel::SplitKv}) {
+      if (kernel == Kernel::Flash && !cuda::attention_flash_mma_supported(int(c.head_dim)))
+        continue;
       Tensor got = gpu_test::poisoned(gpu(), {c.n, c.n_heads * c.head_dim});
       cuda::AttentionParams p{};
       p.q = q_gpu.data_as<const float>();
@@ -140,19 +160,25 @@ class CudaAttention : public gpu_test::GpuTest {
       p.head_dim = int(c.head_dim);
       p.scale = float(1.0 / std::sqrt(double(c.head_dim)));
       p.kv_element = cuda::KvElement::Bf16;
-      // Split-KV widens the (exact) bf16 cache values and stays in fp32: the fp32 bound.
+      // Split-KV and the fp32 flash kernel widen the (exact) bf16 cache values and stay in fp32:
+      // the fp32 bound.
       double bound = kBf16AttentionTolerance;
       if (kernel == Kernel::Naive) {
         cuda::attention_naive(gpu().context(), p, int(cache.table_host.numel() * kBlockSize));
       } else if (kernel == Kernel::Flash) {
         cuda::launch_attention_flash_mma(p, gpu().context().stream());
+      } else if (kernel == Kernel::FlashFp32) {
+        cuda::launch_attention_flash(p, gpu().context().stream());
+        bound = kAttentionTolerance;
       } else {
         constexpr int kSplits = 3;
         const int64_t items = c.n * c.n_heads * kSplits;
         Tensor partial_out = gpu().alloc(DType::F32, {items, c.head_dim});
         Tensor partial_stats = gpu().alloc(DType::F32, {items, 2});
+        // No arrival counters: the separate combine kernel (the attention op's path, with the
+        // merge in the last split's block, runs in check()).
         cuda::launch_attention_split_kv(
-            p, {partial_out.data_as<float>(), partial_stats.data_as<float>(), kSplits},
+            p, {partial_out.data_as<float>(), partial_stats.data_as<float>(), kSplits, nullptr},
             gpu().context().stream());
         bound = kAttentionTolerance;
       }
@@ -162,18 +188,6 @@ class CudaAttention : public gpu_test::GpuTest {
     }
   }
 
-  static Tensor to_bf16(const Tensor& f32) {
-    Tensor out = Tensor::zeros(DType::BF16, f32.shape());
-    for (int64_t i = 0; i < f32.numel(); ++i)
-      out.data_as<uint16_t>()[i] = float_to_bf16(f32.data_as<const float>()[i]);
-    return out;
-  }
-  static Tensor to_f32(const Tensor& bf16) {
-    Tensor out = Tensor::zeros(DType::F32, bf16.shape());
-    for (int64_t i = 0; i < bf16.numel(); ++i)
-      out.data_as<float>()[i] = bf16_to_float(bf16.data_as<const uint16_t>()[i]);
-    return out;
-  }
   void TearDown() override { RecordProperty("max_relative_error", std::to_string(worst_)); }
 
   std::mt19937 rng_{42};
@@ -200,51 +214,57 @@ TEST_F(CudaAttention, Bf16CacheMatchesTheCpu) {
   for (int64_t n : {1, 7, 97, 1025}) {
     check_bf16_cache({8, 2, 128, 0, n});
     check_bf16_cache({4, 4, 64, 0, n});
+    check_bf16_cache({2, 1, 16, 0, n});  // the fp32 flash kernel's head dims
   }
   check_bf16_cache({32, 8, 128, 3000, 2});
   check_bf16_cache({4, 1, 64, 90, 97});
 }
 
+// f32 stores move floats; bf16 stores round to nearest even on both sides: exact either way.
 TEST_F(CudaAttention, KvStoreWritesTheSameBlocksAsTheCpu) {
-  for (int64_t n : {1, 7, 97, 1025}) {
-    const AttentionCase c{8, 2, 64, 5, n};
-    PagedCache cache(gpu(), c, rng_);
-    const Tensor k = gpu_test::random_tensor(DType::F32, {n, c.n_kv_heads, c.head_dim}, rng_);
-    const Tensor v = gpu_test::random_tensor(DType::F32, {n, c.n_kv_heads, c.head_dim}, rng_);
-    const Tensor positions = gpu_test::int_tensor(positions_of(c));
-    cpu().kv_store(k, v, positions, cache.host_view());
-    gpu().kv_store(gpu().upload(k), gpu().upload(v), gpu().upload(positions), cache.gpu_view());
-    EXPECT_EQ(host_values(gpu(), cache.k_gpu), host_values(gpu(), cache.k_host)) << "n=" << n;
-    EXPECT_EQ(host_values(gpu(), cache.v_gpu), host_values(gpu(), cache.v_host)) << "n=" << n;
-  }
+  for (const DType dtype : {DType::F32, DType::BF16})
+    for (int64_t n : {1, 7, 97, 1025}) {
+      SCOPED_TRACE(dtype_name(dtype));
+      const AttentionCase c{8, 2, 64, 5, n};
+      PagedCache cache(gpu(), c, rng_, dtype);
+      const Tensor k = gpu_test::random_tensor(DType::F32, {n, c.n_kv_heads, c.head_dim}, rng_);
+      const Tensor v = gpu_test::random_tensor(DType::F32, {n, c.n_kv_heads, c.head_dim}, rng_);
+      const Tensor positions = gpu_test::int_tensor(positions_of(c));
+      cpu().kv_store(k, v, positions, cache.host_view());
+      gpu().kv_store(gpu().upload(k), gpu().upload(v), gpu().upload(positions), cache.gpu_view());
+      EXPECT_EQ(host_values(gpu(), cache.k_gpu), host_values(gpu(), cache.k_host)) << "n=" << n;
+      EXPECT_EQ(host_values(gpu(), cache.v_gpu), host_values(gpu(), cache.v_host)) << "n=" << n;
+    }
 }
 
 // rope_kv_store (one kernel) against the CPU's rope, rope and kv_store: RoPE rounds every product
 // and sum as the CPU does and the store moves floats, so q, k and the cache must match exactly.
 TEST_F(CudaAttention, RopeKvStoreMatchesTheCpusThreeOps) {
-  for (int64_t n : {1, 7, 97}) {
-    const AttentionCase c{8, 2, 64, 300, n};
-    PagedCache cache(gpu(), c, rng_);
-    Tensor q = gpu_test::random_tensor(DType::F32, {n, c.n_heads, c.head_dim}, rng_);
-    Tensor k = gpu_test::random_tensor(DType::F32, {n, c.n_kv_heads, c.head_dim}, rng_);
-    const Tensor v = gpu_test::random_tensor(DType::F32, {n, c.n_kv_heads, c.head_dim}, rng_);
-    std::vector<float> freq(size_t(c.head_dim / 2));
-    for (size_t j = 0; j < freq.size(); ++j)
-      freq[j] = std::pow(500000.0f, -2.0f * float(j) / float(c.head_dim));
-    Tensor inv_freq = Tensor::zeros(DType::F32, {c.head_dim / 2});
-    std::memcpy(inv_freq.data(), freq.data(), freq.size() * sizeof(float));
-    const Tensor positions = gpu_test::int_tensor(positions_of(c));
-    Tensor q_gpu = gpu().upload(q), k_gpu = gpu().upload(k);
-    gpu().rope_kv_store(q_gpu, k_gpu, gpu().upload(v), gpu().upload(positions),
-                        gpu().upload(inv_freq), cache.gpu_view());
-    cpu().rope(q, positions, inv_freq);
-    cpu().rope(k, positions, inv_freq);
-    cpu().kv_store(k, v, positions, cache.host_view());
-    EXPECT_EQ(host_values(gpu(), q_gpu), host_values(gpu(), q)) << "q n=" << n;
-    EXPECT_EQ(host_values(gpu(), k_gpu), host_values(gpu(), k)) << "k n=" << n;
-    EXPECT_EQ(host_values(gpu(), cache.k_gpu), host_values(gpu(), cache.k_host)) << "n=" << n;
-    EXPECT_EQ(host_values(gpu(), cache.v_gpu), host_values(gpu(), cache.v_host)) << "n=" << n;
-  }
+  for (const DType dtype : {DType::F32, DType::BF16})
+    for (int64_t n : {1, 7, 97}) {
+      SCOPED_TRACE(dtype_name(dtype));
+      const AttentionCase c{8, 2, 64, 300, n};
+      PagedCache cache(gpu(), c, rng_, dtype);
+      Tensor q = gpu_test::random_tensor(DType::F32, {n, c.n_heads, c.head_dim}, rng_);
+      Tensor k = gpu_test::random_tensor(DType::F32, {n, c.n_kv_heads, c.head_dim}, rng_);
+      const Tensor v = gpu_test::random_tensor(DType::F32, {n, c.n_kv_heads, c.head_dim}, rng_);
+      std::vector<float> freq(size_t(c.head_dim / 2));
+      for (size_t j = 0; j < freq.size(); ++j)
+        freq[j] = std::pow(500000.0f, -2.0f * float(j) / float(c.head_dim));
+      Tensor inv_freq = Tensor::zeros(DType::F32, {c.head_dim / 2});
+      std::memcpy(inv_freq.data(), freq.data(), freq.size() * sizeof(float));
+      const Tensor positions = gpu_test::int_tensor(positions_of(c));
+      Tensor q_gpu = gpu().upload(q), k_gpu = gpu().upload(k);
+      gpu().rope_kv_store(q_gpu, k_gpu, gpu().upload(v), gpu().upload(positions),
+                          gpu().upload(inv_freq), cache.gpu_view());
+      cpu().rope(q, positions, inv_freq);
+      cpu().rope(k, positions, inv_freq);
+      cpu().kv_store(k, v, positions, cache.host_view());
+      EXPECT_EQ(host_values(gpu(), q_gpu), host_values(gpu(), q)) << "q n=" << n;
+      EXPECT_EQ(host_values(gpu(), k_gpu), host_values(gpu(), k)) << "k n=" << n;
+      EXPECT_EQ(host_values(gpu(), cache.k_gpu), host_values(gpu(), cache.k_host)) << "n=" << n;
+      EXPECT_EQ(host_values(gpu(), cache.v_gpu), host_values(gpu(), cache.v_host)) << "n=" << n;
+    }
 }
 
 TEST_F(CudaAttention, UnsupportedHeadDimIsAnError) {

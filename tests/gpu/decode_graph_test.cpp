@@ -132,6 +132,67 @@ TEST_F(CudaDecodeGraph, DenseGemvMatchesTheCpuAndCublas) {
   }
 }
 
+// One launch for q/k/v (three matrices of unequal rows, so the last block of each is partial) and
+// for gate/up with SwiGLU, against the CPU's linear ops and swiglu; 1 to 8 tokens directly, and
+// through the backend's linear_group / linear_swiglu (one token: the decode path). The GEMV keeps
+// f32 activations, so only the summation order (and expf's last bit in SwiGLU) differs: 1e-4.
+TEST_F(CudaDecodeGraph, DenseGemvGroupsMatchTheCpu) {
+  std::mt19937 rng(12);
+  for (DType dtype : {DType::BF16, DType::F16}) {
+    for (const int64_t in : {int64_t(320), int64_t(4096)}) {
+      SCOPED_TRACE(std::string(dtype_name(dtype)) + " in=" + std::to_string(in));
+      const int64_t rows[3] = {97, 33, 33};
+      const int64_t ffn = 161;
+      std::vector<Tensor> host, device;
+      for (const int64_t r : {rows[0], rows[1], rows[2], ffn, ffn}) {
+        host.push_back(gpu_test::random_tensor(dtype, {r, in}, rng, 0.1f));
+        device.push_back(gpu().upload(host.back()));
+      }
+      for (int64_t n : {1, 2, 7, 8}) {
+        SCOPED_TRACE("n=" + std::to_string(n));
+        const Tensor x = gpu_test::random_tensor(DType::F32, {n, in}, rng);
+        const Tensor x_gpu = gpu().upload(x);
+        std::vector<Tensor> outs;
+        for (int i = 0; i < 3; ++i)
+          outs.push_back(gpu_test::poisoned(gpu(), {n, rows[i]}));
+        const Tensor* qkv[] = {&device[0], &device[1], &device[2]};
+        Tensor* qkv_out[] = {&outs[0], &outs[1], &outs[2]};
+        if (n == 1) {
+          const LinearWeight lw[] = {LinearWeight::dense(device[0]), LinearWeight::dense(device[1]),
+                                     LinearWeight::dense(device[2])};
+          const LinearWeight* ws[] = {&lw[0], &lw[1], &lw[2]};
+          gpu().linear_group(x_gpu, ws, qkv_out);
+        } else {
+          cuda::dense_gemv_group(gpu().context(), x_gpu, qkv, qkv_out, false, false);
+        }
+        for (int i = 0; i < 3; ++i) {
+          Tensor want = cpu().alloc(DType::F32, {n, rows[i]});
+          cpu().linear(x, LinearWeight::dense(host[size_t(i)]), want);
+          EXPECT_LE(relative_error(host_values(gpu(), outs[size_t(i)]), host_values(cpu(), want)),
+                    1e-4)
+              << "matrix " << i;
+        }
+        Tensor product = gpu_test::poisoned(gpu(), {n, ffn});
+        Tensor scratch = gpu_test::poisoned(gpu(), {n, ffn});
+        if (n == 1) {
+          gpu().linear_swiglu(x_gpu, LinearWeight::dense(device[3]), LinearWeight::dense(device[4]),
+                              product, scratch);
+        } else {
+          const Tensor* gate_up[] = {&device[3], &device[4]};
+          Tensor* product_out[] = {&product};
+          cuda::dense_gemv_group(gpu().context(), x_gpu, gate_up, product_out, true, false);
+        }
+        Tensor g = cpu().alloc(DType::F32, {n, ffn}), u = cpu().alloc(DType::F32, {n, ffn});
+        cpu().linear(x, LinearWeight::dense(host[3]), g);
+        cpu().linear(x, LinearWeight::dense(host[4]), u);
+        cpu().swiglu(g, u, g);
+        EXPECT_LE(relative_error(host_values(gpu(), product), host_values(cpu(), g)), 1e-4)
+            << "swiglu";
+      }
+    }
+  }
+}
+
 TEST_F(CudaDecodeGraph, ProfilerTimesEveryOpOnTheDevice) {
   std::string why;
   auto profiler = std::make_unique<ProfilingBackend>(make_cuda_backend(0));

@@ -3,6 +3,8 @@
 // the ones that round each step as the CPU does (add, RoPE: products and sums rounded one by one)
 // must match exactly or within an ulp; RMSNorm and SwiGLU differ only in the summation order of
 // a double sum or in expf's last bit, so 1e-6 relative is tens of times above what fp32 gives.
+#include <fmt/format.h>
+
 #include <cmath>
 
 #include "gpu_test_support.h"
@@ -22,23 +24,28 @@ class CudaOps : public GpuTest {
   std::mt19937 rng{1234};
 };
 
+// Widths 97 (element loads) and 4096 (16-byte loads), tables in device memory and in pinned host
+// memory (upload_embedding: the CUDA backend's default for the token embedding).
 TEST_F(CudaOps, EmbeddingWidensRowsExactly) {
-  for (DType dtype : {DType::BF16, DType::F16, DType::F32}) {
-    const Tensor table = gpu_test::random_tensor(dtype, {1001, 97}, rng);
-    const Tensor table_gpu = gpu().upload(table);
-    for (int64_t n : kTokenCounts) {
-      std::vector<int32_t> ids(static_cast<size_t>(n));
-      for (auto& id : ids)
-        id = int32_t(rng() % 1001);
-      const Tensor ids_host = gpu_test::int_tensor(ids);
-      Tensor want = cpu().alloc(DType::F32, {n, 97});
-      cpu().embedding(table, ids_host, want);
-      Tensor got = gpu_test::poisoned(gpu(), {n, 97});
-      gpu().embedding(table_gpu, gpu().upload(ids_host), got);
-      EXPECT_EQ(host_values(gpu(), got), host_values(gpu(), want))
-          << dtype_name(dtype) << " n=" << n;
-    }
-  }
+  for (DType dtype : {DType::BF16, DType::F16, DType::F32})
+    for (const int64_t d : {97, 4096})
+      for (const bool pinned : {false, true}) {
+        SCOPED_TRACE(
+            fmt::format("{} d={} {}", dtype_name(dtype), d, pinned ? "pinned host" : "device"));
+        const Tensor table = gpu_test::random_tensor(dtype, {1001, d}, rng);
+        const Tensor table_gpu = pinned ? gpu().upload_embedding(table) : gpu().upload(table);
+        for (int64_t n : kTokenCounts) {
+          std::vector<int32_t> ids(static_cast<size_t>(n));
+          for (auto& id : ids)
+            id = int32_t(rng() % 1001);
+          const Tensor ids_host = gpu_test::int_tensor(ids);
+          Tensor want = cpu().alloc(DType::F32, {n, d});
+          cpu().embedding(table, ids_host, want);
+          Tensor got = gpu_test::poisoned(gpu(), {n, d});
+          gpu().embedding(table_gpu, gpu().upload(ids_host), got);
+          EXPECT_EQ(host_values(gpu(), got), host_values(gpu(), want)) << "n=" << n;
+        }
+      }
 }
 
 TEST_F(CudaOps, EmbeddingReportsAnOutOfRangeIdAtTheNextSynchronization) {

@@ -14,7 +14,7 @@ namespace llamaq::cuda {
 namespace {
 
 constexpr int64_t kSplitKvMaxTokens = 4;
-constexpr int kMaxSplits = 64;
+constexpr int kMaxSplits = kSplitKvMaxSplits;
 constexpr int kMinKeysPerSplit = 32;
 
 AttentionParams make_params(const Tensor& q, const Tensor& positions, const KvLayerView& kv,
@@ -58,7 +58,9 @@ AttentionParams make_params(const Tensor& q, const Tensor& positions, const KvLa
 }
 
 // Entries of one sequence's block table.
-int64_t table_width(const KvLayerView& kv) { return kv.block_table.dim(kv.block_table.rank() - 1); }
+int64_t table_width(const KvLayerView& kv) {
+  return kv.block_table.dim(kv.block_table.rank() - 1);
+}
 
 // Enough splits for about eight blocks per multiprocessor (each block's key loop is latency
 // bound), no more than the cache can fill.
@@ -75,7 +77,8 @@ void run_split_kv(CudaContext& ctx, const AttentionParams& p, const KvLayerView&
   const int64_t items = int64_t(p.n_tokens) * p.n_heads * n_splits;
   Tensor partial_out = ctx.empty(DType::F32, {items, p.head_dim}, "attention");
   Tensor partial_stats = ctx.empty(DType::F32, {items, 2}, "attention");
-  const SplitKvWorkspace ws{partial_out.data_as<float>(), partial_stats.data_as<float>(), n_splits};
+  const SplitKvWorkspace ws{partial_out.data_as<float>(), partial_stats.data_as<float>(), n_splits,
+                            ctx.arrival_counters(int64_t(p.n_tokens) * p.n_heads)};
   launch_attention_split_kv(p, ws, ctx.stream());
 }
 
@@ -106,8 +109,6 @@ void attention(CudaContext& ctx, const Tensor& q, const Tensor& positions, const
   if (path == AttentionPath::Flash && !attention_flash_mma_supported(p.head_dim)) {
     path = AttentionPath::FlashFp32;
   }
-  require(path != AttentionPath::FlashFp32 || p.kv_element == KvElement::F32, "attention",
-          "the fp32 flash kernel reads an f32 KV cache only");
   switch (path) {
     case AttentionPath::SplitKv:
       run_split_kv(ctx, p, kv);

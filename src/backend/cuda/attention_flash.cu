@@ -3,7 +3,8 @@
 // and values stream through shared memory in tiles of 32 (gathered from the paged cache); a lane
 // scores one key of the tile against the warp's 8 queries, the warp keeps a running max and sum
 // per query (online softmax) and each lane accumulates head_dim/32 output dims per query. The
-// S x S score matrix never exists; keys past the tile's last visible position are not loaded.
+// S x S score matrix never exists; keys past the tile's last visible position are not loaded. The
+// cache is f32 or bf16 (widened to f32 as the tile is loaded).
 #include "backend/cuda/attention_common.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_math.cuh"
@@ -49,7 +50,7 @@ __device__ void load_queries(const AttentionParams& p, int q0, int head, float* 
 }
 
 // Gathers keys/values k0..k0+31 of one kv head into shared memory (zeros past n_keys).
-template <int D>
+template <typename T, int D>
 __device__ void load_kv_tile(const AttentionParams& p, int k0, int n_keys, int kv_head,
                              float* k_tile, float* v_tile) {
   for (int e = threadIdx.x; e < kBlockK * D / 4; e += kThreads) {
@@ -59,8 +60,8 @@ __device__ void load_kv_tile(const AttentionParams& p, int k0, int n_keys, int k
     float4 v = k;
     if (k0 + key < n_keys) {
       const int64_t offset = kv_offset(p, k0 + key, kv_head) + 4 * c;
-      k = *reinterpret_cast<const float4*>(static_cast<const float*>(p.k_blocks) + offset);
-      v = *reinterpret_cast<const float4*>(static_cast<const float*>(p.v_blocks) + offset);
+      k = load4(static_cast<const T*>(p.k_blocks) + offset);
+      v = load4(static_cast<const T*>(p.v_blocks) + offset);
     }
     *reinterpret_cast<float4*>(k_tile + key * FlashLayout<D>::kKStride + 4 * c) = k;
     *reinterpret_cast<float4*>(v_tile + key * D + 4 * c) = v;
@@ -113,7 +114,7 @@ __device__ void accumulate_values(const float* p_rows, const float* v_tile,
   }
 }
 
-template <int D>
+template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) flash_attention_kernel(AttentionParams p) {
   using L = FlashLayout<D>;
   extern __shared__ float4 shared4[];
@@ -148,7 +149,7 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(AttentionPara
   const float* q_rows = shared + L::kQ + warp * kRowsPerWarp * D;
   float* p_rows = shared + L::kP + warp * kRowsPerWarp * kBlockK;
   for (int k0 = 0; k0 < n_keys; k0 += kBlockK) {
-    load_kv_tile<D>(p, k0, n_keys, kv_head, shared + L::kK, shared + L::kV);
+    load_kv_tile<T, D>(p, k0, n_keys, kv_head, shared + L::kK, shared + L::kV);
     __syncthreads();
     float s[kRowsPerWarp];
     score_tile<D>(q_rows, shared + L::kK, s);
@@ -187,16 +188,25 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(AttentionPara
   }
 }
 
-template <int D>
-void launch_flash(const AttentionParams& p, cudaStream_t stream) {
+template <typename T, int D>
+void launch_flash_on(const AttentionParams& p, cudaStream_t stream) {
   constexpr size_t kShared = FlashLayout<D>::kBytes;
   // Over 48 KB for head_dim 128: the dynamic limit must be raised (per device, so every time).
-  check_cuda(cudaFuncSetAttribute(flash_attention_kernel<D>,
+  check_cuda(cudaFuncSetAttribute(flash_attention_kernel<T, D>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(kShared)),
              "attention", "cudaFuncSetAttribute(flash_attention_kernel)");
   const dim3 grid(unsigned((p.n_tokens + kBlockQ - 1) / kBlockQ), unsigned(p.n_heads));
-  flash_attention_kernel<D><<<grid, kThreads, kShared, stream>>>(p);
+  flash_attention_kernel<T, D><<<grid, kThreads, kShared, stream>>>(p);
   check_launch("attention", "flash_attention_kernel");
+}
+
+template <int D>
+void launch_flash(const AttentionParams& p, cudaStream_t stream) {
+  if (p.kv_element == KvElement::Bf16) {
+    launch_flash_on<__nv_bfloat16, D>(p, stream);
+  } else {
+    launch_flash_on<float, D>(p, stream);
+  }
 }
 
 }  // namespace

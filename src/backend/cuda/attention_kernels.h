@@ -37,7 +37,7 @@ inline bool attention_head_dim_supported(int head_dim) {
 }
 
 // FlashAttention-2 style in fp32 on CUDA cores: a block per (32 queries, head), K/V tiles of 32
-// keys in shared memory. f32 cache only.
+// keys in shared memory. f32 or bf16 cache.
 void launch_attention_flash(const AttentionParams& p, cudaStream_t stream);
 
 // FlashAttention-2 forward on the tensor cores (bf16 mma.sync, fp32 accumulation and softmax): a
@@ -47,11 +47,14 @@ bool attention_flash_mma_supported(int head_dim);
 void launch_attention_flash_mma(const AttentionParams& p, cudaStream_t stream);
 
 // Split-KV ("flash-decoding"): a block per (query, head, split of the keys) writes a partial
-// softmax state to the workspace; a second kernel merges the splits. f32 or bf16 cache.
+// softmax state to the workspace; the last block of each (query, head) to finish merges the
+// splits (counted on `arrivals`), or without counters a second kernel does. f32 or bf16 cache.
+constexpr int kSplitKvMaxSplits = 64;
 struct SplitKvWorkspace {
   float* partial_out;    // [n_tokens, n_heads, n_splits, head_dim] f32, unnormalized
   float* partial_stats;  // [n_tokens, n_heads, n_splits, 2] f32: running max, sum of exps
-  int n_splits;
+  int n_splits;          // 1..kSplitKvMaxSplits
+  unsigned* arrivals;    // [n_tokens * n_heads] zeroed counters (left zeroed), or null
 };
 void launch_attention_split_kv(const AttentionParams& p, const SplitKvWorkspace& ws,
                                cudaStream_t stream);

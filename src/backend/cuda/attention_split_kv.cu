@@ -3,8 +3,9 @@
 // groups of lanes (8, or head_dim/4 when smaller) each take two keys at a time: the group reads
 // the key and value rows with 16-byte loads, reduces the dot product with shuffles and keeps its
 // own online-softmax state; the block merges its groups in shared memory and writes one partial
-// state per split, which combine_splits_kernel merges into the output. The cache is f32 or bf16
-// (widened to f32 as it is loaded); everything else is fp32.
+// state per split. The last split of each (query, head) to finish merges the partial states into
+// the output (arrival counters from the context), else combine_splits_kernel does. The cache is f32
+// or bf16 (widened to f32 as it is loaded); everything else is fp32.
 #include "backend/cuda/attention_common.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_math.cuh"
@@ -37,18 +38,6 @@ __device__ __forceinline__ float dot4(float4 a, float4 b) {
 __device__ __forceinline__ float4 scale_add(float4 o, float alpha, float w, float4 v) {
   return make_float4(o.x * alpha + w * v.x, o.y * alpha + w * v.y, o.z * alpha + w * v.z,
                      o.w * alpha + w * v.w);
-}
-
-// Four consecutive cache elements widened to f32.
-__device__ __forceinline__ float4 load4(const float* at) {
-  return *reinterpret_cast<const float4*>(at);
-}
-
-__device__ __forceinline__ float4 load4(const __nv_bfloat16* at) {
-  const uint2 bits = *reinterpret_cast<const uint2*>(at);
-  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bits.x));
-  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bits.y));
-  return make_float4(lo.x, lo.y, hi.x, hi.y);
 }
 
 // This lane's float4s of the key and value rows of `key`.
@@ -101,6 +90,43 @@ __device__ void write_block_state(const AttentionParams& p, const SplitKvWorkspa
       sum += l_s[g] * exp_diff(m_s[g], m_max);
     ws.partial_stats[2 * item] = m_max;
     ws.partial_stats[2 * item + 1] = sum;
+  }
+}
+
+// out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M) for one (query t, head), by one block: the
+// first warp reads every split's (m, l) at once (a lane per split) and leaves each split's weight
+// e^(m_s - M) in shared memory; then each thread sums its output elements over the splits, the
+// loads unrolled so that they are in flight together (a decode step waits on this). The partial
+// states come from other blocks: read from L2.
+__device__ void combine_splits(const AttentionParams& p, const SplitKvWorkspace& ws, int t,
+                               int head,
+                               float* split_weight) {  // shared [n_splits]
+  __shared__ float total_s;
+  const int64_t first = (int64_t(t) * p.n_heads + head) * ws.n_splits;
+  const float* stats = ws.partial_stats + 2 * first;
+  if (threadIdx.x < 32) {
+    float m_max = -INFINITY;
+    for (int s = threadIdx.x; s < ws.n_splits; s += 32)
+      m_max = fmaxf(m_max, __ldcg(stats + 2 * s));
+    m_max = warp_max(m_max);
+    float total = 0.0f;
+    for (int s = threadIdx.x; s < ws.n_splits; s += 32) {
+      const float w = exp_diff(__ldcg(stats + 2 * s), m_max);
+      split_weight[s] = w;
+      total += __ldcg(stats + 2 * s + 1) * w;
+    }
+    total = warp_sum(total);
+    if (threadIdx.x == 0) total_s = total;
+  }
+  __syncthreads();
+  float* out = p.out + (int64_t(t) * p.n_heads + head) * p.head_dim;
+  const float* partial = ws.partial_out + first * p.head_dim;
+  for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
+    float acc = 0.0f;
+#pragma unroll 8
+    for (int s = 0; s < ws.n_splits; ++s)
+      acc += __ldcg(partial + int64_t(s) * p.head_dim + d) * split_weight[s];
+    out[d] = acc / total_s;
   }
 }
 
@@ -167,42 +193,26 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   const int64_t item = (int64_t(t) * p.n_heads + head) * ws.n_splits + split;
   write_block_state<D>(p, ws, m_s, l_s, o_s, item);
+  if (ws.arrivals == nullptr) return;
+  // The last split of (t, head) to finish merges them all and resets the counter.
+  __shared__ bool is_last;
+  __shared__ float split_weight[kSplitKvMaxSplits];
+  unsigned* arrivals = ws.arrivals + int64_t(t) * p.n_heads + head;
+  __threadfence();  // this split's state is visible before its arrival counts
+  __syncthreads();
+  if (threadIdx.x == 0) is_last = atomicAdd(arrivals, 1u) == unsigned(ws.n_splits) - 1;
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  combine_splits(p, ws, t, head, split_weight);
+  if (threadIdx.x == 0) *arrivals = 0u;
 }
 
-// Block (x = head, y = query): out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M). The first warp
-// reads every split's (m, l) at once (a lane per split) and leaves each split's weight
-// e^(m_s - M) in shared memory; then each thread sums its output elements over the splits, the
-// loads unrolled so that they are in flight together (a decode step waits on this kernel).
+// Block (x = head, y = query): the merge when there are no arrival counters.
 __global__ void combine_splits_kernel(AttentionParams p, SplitKvWorkspace ws) {
   allow_dependents_to_launch();
   extern __shared__ float split_weight[];  // [n_splits]
-  __shared__ float total_s;
-  const int64_t first = (int64_t(blockIdx.y) * p.n_heads + blockIdx.x) * ws.n_splits;
-  const float* stats = ws.partial_stats + 2 * first;
-  if (threadIdx.x < 32) {
-    float m_max = -INFINITY;
-    for (int s = threadIdx.x; s < ws.n_splits; s += 32)
-      m_max = fmaxf(m_max, stats[2 * s]);
-    m_max = warp_max(m_max);
-    float total = 0.0f;
-    for (int s = threadIdx.x; s < ws.n_splits; s += 32) {
-      const float w = exp_diff(stats[2 * s], m_max);
-      split_weight[s] = w;
-      total += stats[2 * s + 1] * w;
-    }
-    total = warp_sum(total);
-    if (threadIdx.x == 0) total_s = total;
-  }
-  __syncthreads();
-  float* out = p.out + (int64_t(blockIdx.y) * p.n_heads + blockIdx.x) * p.head_dim;
-  const float* partial = ws.partial_out + first * p.head_dim;
-  for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
-    float acc = 0.0f;
-#pragma unroll 8
-    for (int s = 0; s < ws.n_splits; ++s)
-      acc += partial[int64_t(s) * p.head_dim + d] * split_weight[s];
-    out[d] = acc / total_s;
-  }
+  combine_splits(p, ws, int(blockIdx.y), int(blockIdx.x), split_weight);
 }
 
 template <int D>
@@ -236,6 +246,7 @@ void launch_attention_split_kv(const AttentionParams& p, const SplitKvWorkspace&
     default:
       fail_op("attention", "no split-KV kernel for head_dim " + std::to_string(p.head_dim));
   }
+  if (ws.arrivals != nullptr) return;  // merged by each (query, head)'s last split
   const dim3 grid(unsigned(p.n_heads), unsigned(p.n_tokens));
   combine_splits_kernel<<<grid, 128, size_t(ws.n_splits) * sizeof(float), stream>>>(p, ws);
   check_launch("attention", "combine_splits_kernel");

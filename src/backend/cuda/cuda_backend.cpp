@@ -25,6 +25,12 @@ Tensor CudaBackend::upload(const Tensor& host) {
   return upload_tensor(ctx_, host, "upload");
 }
 
+Tensor CudaBackend::upload_embedding(const Tensor& host) {
+  ctx_.activate("upload");
+  if (!options_.embedding_on_host) return upload_tensor(ctx_, host, "upload");
+  return copy_to_pinned_host(host, "upload");
+}
+
 LinearWeight CudaBackend::upload_linear(const LinearWeight& host) {
   LinearWeight device;  // without any LoRA branch: the model uploads that itself
   if (host.quantized()) {
@@ -93,7 +99,8 @@ void CudaBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
 // NF4 projections run as one dp4a launch when they can (decode), else one by one; `accumulate`
 // adds into the outputs.
 bool CudaBackend::try_nf4_group(const Tensor& x, std::span<const LinearWeight* const> ws,
-                                std::span<Tensor* const> outs, bool swiglu, bool accumulate) {
+                                std::span<Tensor* const> outs, bool swiglu,
+                                const Dp4aOptions& options) {
   if (ws.empty() || ws.size() > 3) return false;
   std::vector<std::shared_ptr<const nf4::Nf4Weight>> keep;
   std::vector<const nf4::Nf4Weight*> device;
@@ -102,15 +109,34 @@ bool CudaBackend::try_nf4_group(const Tensor& x, std::span<const LinearWeight* c
     keep.push_back(device_nf4(w->nf4));
     device.push_back(keep.back().get());
   }
-  Dp4aOptions options;
-  options.accumulate = accumulate;
   return linear_nf4_group(ctx_, x, device, outs, swiglu, options);
 }
 
+bool CudaBackend::try_dense_group(const Tensor& x, std::span<const LinearWeight* const> ws,
+                                  std::span<Tensor* const> outs, bool swiglu) {
+  if (ws.empty() || ws.size() > 3 || x.dtype() != DType::F32 || x.rank() != 2 ||
+      x.dim(0) > kDenseGemvAutoMaxTokens) {
+    return false;
+  }
+  const Tensor* dense[3] = {};
+  for (size_t i = 0; i < ws.size(); ++i) {
+    if (ws[i]->quantized() || ws[i]->weight.device() != Device::Cuda) return false;
+    dense[i] = &ws[i]->weight;
+  }
+  const std::span<const Tensor* const> group(dense, ws.size());
+  if (!dense_gemv_group_supported(x, group, swiglu)) return false;
+  dense_gemv_group(ctx_, x, group, outs, swiglu, /*accumulate=*/false);
+  return true;
+}
+
+// One launch for q/k/v: the dp4a GEMV (NF4) or the dense GEMV (bf16/f16, one token).
 void CudaBackend::linear_group(const Tensor& x, std::span<const LinearWeight* const> ws,
                                std::span<Tensor* const> outs) {
   ctx_.activate("linear");
-  if (ws.size() == outs.size() && try_nf4_group(x, ws, outs, false, false)) return;
+  if (ws.size() == outs.size() &&
+      (try_nf4_group(x, ws, outs, false, {}) || try_dense_group(x, ws, outs, false))) {
+    return;
+  }
   Backend::linear_group(x, ws, outs);
 }
 
@@ -119,7 +145,7 @@ void CudaBackend::linear_swiglu(const Tensor& x, const LinearWeight& wg, const L
   ctx_.activate("linear");
   const LinearWeight* ws[2] = {&wg, &wu};
   Tensor* out[1] = {&gate};
-  if (try_nf4_group(x, ws, out, true, false)) return;
+  if (try_nf4_group(x, ws, out, true, {}) || try_dense_group(x, ws, out, true)) return;
   Backend::linear_swiglu(x, wg, wu, gate, up);
 }
 
@@ -130,7 +156,9 @@ void CudaBackend::linear_add(const Tensor& x, const LinearWeight& w, Tensor& res
   ctx_.activate("linear");
   const LinearWeight* ws[1] = {&w};
   Tensor* out[1] = {&residual};
-  if (try_nf4_group(x, ws, out, false, true)) return;
+  Dp4aOptions options;
+  options.accumulate = true;
+  if (try_nf4_group(x, ws, out, false, options)) return;
   if (!w.quantized() && x.dim(0) <= kDenseGemvAutoMaxTokens && x.dtype() == DType::F32 &&
       x.rank() == 2 && dense_gemv_supported(x, w.weight)) {
     require_tensor(residual, DType::F32, 2, "linear", "residual");
@@ -141,14 +169,10 @@ void CudaBackend::linear_add(const Tensor& x, const LinearWeight& w, Tensor& res
   Backend::linear_add(x, w, residual, scratch);
 }
 
-// One kernel for an f32 cache; other cache types take the three ops.
+// One kernel (f32 or bf16 cache).
 void CudaBackend::rope_kv_store(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions,
                                 const Tensor& inv_freq, const KvLayerView& kv) {
   ctx_.activate("rope_kv_store");
-  if (kv.k_blocks.dtype() != DType::F32) {
-    Backend::rope_kv_store(q, k, v, positions, inv_freq, kv);
-    return;
-  }
   cuda::rope_kv_store(ctx_, q, k, v, positions, inv_freq, kv);
 }
 

@@ -29,6 +29,10 @@ CudaContext::CudaContext(int device)
   cublas_workspace_ = allocator_->allocate(kCublasWorkspaceBytes, "init");
   check_cublas(cublasSetWorkspace(cublas_, cublas_workspace_.get(), kCublasWorkspaceBytes), "init",
                "cublasSetWorkspace");
+  arrival_counter_block_ = allocator_->allocate(kArrivalCounters * sizeof(unsigned), "init");
+  arrival_counters_ = static_cast<unsigned*>(arrival_counter_block_.get());
+  check_cuda(cudaMemsetAsync(arrival_counters_, 0, kArrivalCounters * sizeof(unsigned), stream_),
+             "init", "cudaMemsetAsync(arrival counters)");
   check_cuda(cudaHostAlloc(reinterpret_cast<void**>(&host_status_), sizeof(DeviceStatus),
                            cudaHostAllocMapped),
              "init", "cudaHostAlloc");

@@ -35,6 +35,16 @@ class CudaContext {
   int multiprocessors() const { return multiprocessors_; }
   DeviceStatus* device_status() const { return device_status_; }  // device view of the status
 
+  // Arrival counters for "the last block to finish does the rest" kernels (the split-KV combine,
+  // a norm after a GEMV): kArrivalCounters zeroed unsigned ints on the device. A kernel counts its
+  // blocks on counters [0, count) and its last block sets them back to 0, so that the next kernel
+  // on the stream (all run in stream order, graphs included) finds them zeroed. Null when more
+  // than kArrivalCounters are asked for; callers then take their unfused path.
+  static constexpr int64_t kArrivalCounters = 16384;
+  unsigned* arrival_counters(int64_t count) const {
+    return count <= kArrivalCounters ? arrival_counters_ : nullptr;
+  }
+
   // A device tensor with undefined contents (scratch), or zero-filled on the stream.
   Tensor empty(DType dtype, Shape shape, const char* op);
   Tensor zeros(DType dtype, Shape shape, const char* op);
@@ -65,6 +75,8 @@ class CudaContext {
   cublasHandle_t cublas_ = nullptr;
   std::shared_ptr<DeviceAllocator> allocator_;
   std::shared_ptr<void> cublas_workspace_;  // fixed, so cuBLAS never allocates inside a graph
+  std::shared_ptr<void> arrival_counter_block_;
+  unsigned* arrival_counters_ = nullptr;
   bool capturing_ = false;
   std::vector<std::shared_ptr<void>> captured_allocations_;
   DeviceStatus* host_status_ = nullptr;

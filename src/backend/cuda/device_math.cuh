@@ -67,4 +67,12 @@ __device__ __forceinline__ float to_float(__half v) {
   return __half2float(v);
 }
 
+// Stores v as T (bf16: round to nearest even, as the CPU's conversion).
+__device__ __forceinline__ void store_as(float* at, float v) {
+  *at = v;
+}
+__device__ __forceinline__ void store_as(__nv_bfloat16* at, float v) {
+  *at = __float2bfloat16_rn(v);
+}
+
 }  // namespace llamaq::cuda

@@ -1,7 +1,12 @@
 // Embedding lookup: out[t, :] = f32(table[ids[t], :]) for bf16, f16 or f32 tables. An id outside
 // [0, vocab) gives a zero row and is reported through the context's status block; the backend
 // raises it as an Error at its next synchronization (ids usually come from the host, where
-// LlamaModel::forward has already checked them).
+// LlamaModel::forward has already checked them). The table may be pinned host memory (the CUDA
+// backend keeps the embedding there): a row is read with 16-byte loads, one per thread, all in
+// flight at once, so a decode step's row costs about one bus round trip.
+#include <algorithm>
+#include <cstdint>
+
 #include "backend/cuda/device_math.cuh"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/tensor_checks.h"
@@ -16,6 +21,7 @@ struct EmbeddingParams {
   int64_t vocab;
   int64_t d;
   DeviceStatus* status;  // host-mapped: where a bad id is reported
+  bool vectorized;       // rows are whole 16-byte loads (16-byte aligned table, d fits)
 };
 
 template <typename T>
@@ -33,12 +39,26 @@ __global__ void embedding_kernel(EmbeddingParams p) {
     return;
   }
   const T* row = static_cast<const T*>(p.table) + int64_t(id) * p.d;
+  if (p.vectorized) {
+    constexpr int kPerLoad = 16 / sizeof(T);
+    const uint4* loads = reinterpret_cast<const uint4*>(row);
+    for (int64_t v = threadIdx.x; v < p.d / kPerLoad; v += blockDim.x) {
+      const uint4 bits = loads[v];
+      const T* values = reinterpret_cast<const T*>(&bits);
+#pragma unroll
+      for (int j = 0; j < kPerLoad; ++j)
+        row_out[v * kPerLoad + j] = to_float(values[j]);
+    }
+    return;
+  }
   for (int64_t i = threadIdx.x; i < p.d; i += blockDim.x)
     row_out[i] = to_float(row[i]);
 }
 
 void launch_embedding(const EmbeddingParams& p, DType dtype, int64_t n, cudaStream_t stream) {
-  constexpr int kThreads = 256;
+  // A thread per 16-byte load of a row (up to 1024), so every load of the row is issued at once.
+  const int64_t loads = p.d * int64_t(dtype_bits(dtype) / 8) / 16;
+  const int kThreads = int(std::clamp<int64_t>((loads + 31) / 32 * 32, 128, 1024));
   const unsigned blocks = unsigned(n);
   switch (dtype) {
     case DType::BF16:
@@ -67,9 +87,16 @@ void embedding(CudaContext& ctx, const Tensor& table, const Tensor& ids, Tensor&
   require_shape(out, {n, table.dim(1)}, op, "out");
   if (n == 0) return;
   checked_int(n, op, "tokens");
-  const EmbeddingParams p{table.data(),         ids.data_as<const int32_t>(),
-                          out.data_as<float>(), table.dim(0),
-                          table.dim(1),         ctx.device_status()};
+  const int64_t row_bytes = table.dim(1) * (dtype_bits(table.dtype()) / 8);
+  const bool vectorized =
+      row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(table.data()) % 16 == 0;
+  const EmbeddingParams p{table.data(),
+                          ids.data_as<const int32_t>(),
+                          out.data_as<float>(),
+                          table.dim(0),
+                          table.dim(1),
+                          ctx.device_status(),
+                          vectorized};
   launch_embedding(p, table.dtype(), n, ctx.stream());
 }
 

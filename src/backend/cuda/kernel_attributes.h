@@ -1,6 +1,7 @@
-// Raising a kernel's dynamic shared memory limit above 48 KB once per device and process (the
-// attribute belongs to the function on one device), so that the hot path (and a CUDA graph
-// capture around it) does not call cudaFuncSetAttribute on every launch. fmt-free for .cu files.
+// Kernel launch settings looked up once per process: raising a kernel's dynamic shared memory
+// limit above 48 KB once per device (the attribute belongs to the function on one device), so
+// that the hot path (and a CUDA graph capture around it) does not call cudaFuncSetAttribute on
+// every launch; whether the device has programmatic dependent launch. fmt-free for .cu files.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -22,6 +23,21 @@ void allow_dynamic_shared_memory(int bytes, const char* op, const char* call) {
   check_cuda(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), op,
              call);
   done_devices.fetch_or(bit, std::memory_order_release);
+}
+
+// Whether the current device takes programmatic dependent launch (compute capability 9.0 and up),
+// looked up once per process (a machine of mixed GPU kinds would only lose the early launch).
+inline bool device_has_pdl(const char* op) {
+  static std::atomic<int> cached{-1};  // -1 unknown, 0 no, 1 yes
+  int value = cached.load(std::memory_order_relaxed);
+  if (value >= 0) return value == 1;
+  int device = 0, major = 0;
+  check_cuda(cudaGetDevice(&device), op, "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), op,
+             "cudaDeviceGetAttribute(compute capability)");
+  value = major >= 9 ? 1 : 0;
+  cached.store(value, std::memory_order_relaxed);
+  return value == 1;
 }
 
 }  // namespace llamaq::cuda

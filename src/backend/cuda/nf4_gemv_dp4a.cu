@@ -38,6 +38,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_math.cuh"
+#include "backend/cuda/kernel_attributes.h"
 #include "backend/cuda/nf4_decode.cuh"
 #include "backend/cuda/nf4_params.h"
 
@@ -291,19 +292,6 @@ __global__ void __launch_bounds__(kMaxThreads)
   }
 }
 #undef LLAMAQ_PICK
-
-bool device_has_pdl(const char* op) {
-  static std::atomic<int> cached{-1};  // -1 unknown, 0 no, 1 yes (compute capability >= 9)
-  int value = cached.load(std::memory_order_relaxed);
-  if (value >= 0) return value == 1;
-  int device = 0, major = 0;
-  check_cuda(cudaGetDevice(&device), op, "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), op,
-             "cudaDeviceGetAttribute(compute capability)");
-  value = major >= 9 ? 1 : 0;
-  cached.store(value, std::memory_order_relaxed);
-  return value == 1;
-}
 
 // Resident blocks per multiprocessor of a kernel with `threads` threads (a multiple of 32), once
 // per process and size (the same on every device of one kind; a mixed machine only gets another

@@ -43,6 +43,14 @@ bool dense_gemv_supported(const Tensor& x, const Tensor& weight);
 // accumulate: out += x weight^T (a residual add in the same kernel).
 void dense_gemv(CudaContext& ctx, const Tensor& x, const Tensor& weight, Tensor& out,
                 bool accumulate = false);
+// Up to three matrices of one x as one launch (q/k/v): outs[i] = x ws[i]^T; or with `swiglu` two
+// of equal rows (gate, up) and one output: silu(x gate^T) * (x up^T). One dtype and width.
+bool dense_gemv_group_supported(const Tensor& x,  // [n, in] f32
+                                std::span<const Tensor* const> ws, bool swiglu);
+void dense_gemv_group(CudaContext& ctx, const Tensor& x,  // [n, in] f32
+                      std::span<const Tensor* const> ws,  // [out_i, in] bf16 | f16
+                      std::span<Tensor* const> outs,      // [n, out_i] f32
+                      bool swiglu, bool accumulate);
 enum class DensePath { Auto, Gemv, Gemm };
 
 // Dense linear through cuBLAS: bf16/f16 weights with the activations rounded to the weight's

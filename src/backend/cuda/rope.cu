@@ -5,7 +5,8 @@
 // contraction), so the result is bit-identical to the CPU reference.
 //
 // rope_kv_store rotates q and k and writes k and v into the paged KV cache in the same kernel
-// (what rope, rope and kv_store do one after another): one launch instead of three per layer.
+// (what rope, rope and kv_store do one after another): one launch instead of three per layer. The
+// cache is f32 or bf16.
 //
 // rope_backward rotates by -angle (the gradient of a rotation is the inverse rotation): the same
 // kernel with the sine table negated, which rounds exactly as the CPU's backward (a*c + b*s is
@@ -66,6 +67,7 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(RopeParams p) {
   }
 }
 
+template <typename T>
 struct RopeStoreParams {
   float* q;                    // [n, q_heads, head_dim] f32, rotated in place
   float* k;                    // [n, kv_heads, head_dim] f32, rotated in place
@@ -74,8 +76,8 @@ struct RopeStoreParams {
   const float* inv_freq;       // [head_dim / 2] f32
   const int32_t* block_table;  // [max_blocks] i32, or [n, table_stride] i32 (row t: token t)
   int64_t table_stride;        // 0: one table for every token
-  float* k_blocks;             // [n_blocks, block_size, kv_heads, head_dim] f32
-  float* v_blocks;             // [n_blocks, block_size, kv_heads, head_dim] f32
+  T* k_blocks;                 // [n_blocks, block_size, kv_heads, head_dim] f32 or bf16
+  T* v_blocks;                 // [n_blocks, block_size, kv_heads, head_dim] f32 or bf16
   int q_heads;
   int kv_heads;
   int half;  // head_dim / 2
@@ -88,7 +90,8 @@ struct RopeStoreParams {
 // step from running on a single multiprocessor.
 constexpr int kHeadsPerBlock = 4;
 
-__global__ void __launch_bounds__(kThreads) rope_kv_store_kernel(RopeStoreParams p) {
+template <typename T>
+__global__ void __launch_bounds__(kThreads) rope_kv_store_kernel(RopeStoreParams<T> p) {
   allow_dependents_to_launch();
   extern __shared__ float table[];  // cos [half], then sin [half]
   float* cos_v = table;
@@ -112,16 +115,16 @@ __global__ void __launch_bounds__(kThreads) rope_kv_store_kernel(RopeStoreParams
   const int32_t* table_t = p.block_table + t * p.table_stride;
   const int64_t slot = int64_t(table_t[pos / p.block_size]) * p.block_size + pos % p.block_size;
   float* k = p.k + t * row + int64_t(first) * head_dim;
-  float* k_cached = p.k_blocks + slot * row + int64_t(first) * head_dim;
+  T* k_cached = p.k_blocks + slot * row + int64_t(first) * head_dim;
   for (int i = threadIdx.x; i < heads * p.half; i += kThreads) {
     const int h = i / p.half, j = i % p.half;
     const float2 r = rotate_pair(k + h * head_dim, j, p.half, cos_v, sin_v);
-    k_cached[h * head_dim + j] = r.x;
-    k_cached[h * head_dim + j + p.half] = r.y;
+    store_as(k_cached + h * head_dim + j, r.x);
+    store_as(k_cached + h * head_dim + j + p.half, r.y);
   }
   const int64_t begin = int64_t(first) * head_dim, end = begin + int64_t(heads) * head_dim;
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
-    p.v_blocks[slot * row + i] = p.v[t * row + i];
+    store_as(p.v_blocks + slot * row + i, p.v[t * row + i]);
 }
 
 // Rotates x by +angle, or by -angle when `inverse`; `op` names the caller in errors.
@@ -146,6 +149,30 @@ void rotate(CudaContext& ctx, Tensor& x, const Tensor& positions, const Tensor& 
     rope_kernel<false><<<unsigned(n), kThreads, shared, ctx.stream()>>>(p);
   }
   check_launch(op, "rope_kernel");
+}
+
+template <typename T>
+void launch_rope_kv_store(CudaContext& ctx, Tensor& q, Tensor& k, const Tensor& v,
+                          const Tensor& positions, const Tensor& inv_freq, const KvLayerView& kv) {
+  const RopeStoreParams<T> p{q.data_as<float>(),
+                             k.data_as<float>(),
+                             v.data_as<const float>(),
+                             positions.data_as<const int32_t>(),
+                             inv_freq.data_as<const float>(),
+                             kv.block_table.data_as<const int32_t>(),
+                             kv.block_table.rank() == 2 ? kv.block_table.dim(1) : 0,
+                             kv.k_blocks.data_as<T>(),
+                             kv.v_blocks.data_as<T>(),
+                             int(q.dim(1)),
+                             int(k.dim(1)),
+                             int(k.dim(2) / 2),
+                             int(kv.block_size)};
+  const size_t shared = 2 * size_t(p.half) * sizeof(float);
+  const unsigned head_blocks = unsigned((p.q_heads + kHeadsPerBlock - 1) / kHeadsPerBlock +
+                                        (p.kv_heads + kHeadsPerBlock - 1) / kHeadsPerBlock);
+  rope_kv_store_kernel<T>
+      <<<dim3(unsigned(k.dim(0)), head_blocks), kThreads, shared, ctx.stream()>>>(p);
+  check_launch("rope_kv_store", "rope_kv_store_kernel");
 }
 
 }  // namespace
@@ -177,24 +204,11 @@ void rope_kv_store(CudaContext& ctx, Tensor& q, Tensor& k, const Tensor& v, cons
   if (n == 0) return;
   checked_int(q.numel(), op, "q elements");
   checked_int(kv.block_size, op, "block_size");
-  const RopeStoreParams p{q.data_as<float>(),
-                          k.data_as<float>(),
-                          v.data_as<const float>(),
-                          positions.data_as<const int32_t>(),
-                          inv_freq.data_as<const float>(),
-                          kv.block_table.data_as<const int32_t>(),
-                          kv.block_table.rank() == 2 ? kv.block_table.dim(1) : 0,
-                          kv.k_blocks.data_as<float>(),
-                          kv.v_blocks.data_as<float>(),
-                          int(q.dim(1)),
-                          int(k.dim(1)),
-                          int(k.dim(2) / 2),
-                          int(kv.block_size)};
-  const size_t shared = 2 * size_t(p.half) * sizeof(float);
-  const unsigned head_blocks = unsigned((p.q_heads + kHeadsPerBlock - 1) / kHeadsPerBlock +
-                                        (p.kv_heads + kHeadsPerBlock - 1) / kHeadsPerBlock);
-  rope_kv_store_kernel<<<dim3(unsigned(n), head_blocks), kThreads, shared, ctx.stream()>>>(p);
-  check_launch(op, "rope_kv_store_kernel");
+  if (kv.k_blocks.dtype() == DType::BF16) {
+    launch_rope_kv_store<__nv_bfloat16>(ctx, q, k, v, positions, inv_freq, kv);
+  } else {
+    launch_rope_kv_store<float>(ctx, q, k, v, positions, inv_freq, kv);
+  }
 }
 
 }  // namespace llamaq::cuda

@@ -54,13 +54,17 @@ inline unsigned grid_size(int64_t work, int block, int64_t max_blocks = 65535LL 
   return unsigned(blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks));
 }
 
-// The positions of n tokens and a KV layer view: dtypes, ranks and matching K/V block pools.
+// The positions of n tokens and a KV layer view: dtypes, ranks and matching K/V block pools (both
+// f32 or both bf16).
 inline void require_positions_and_kv(const Tensor& positions, int64_t n, const KvLayerView& kv,
                                      const char* op) {
   require_tensor(positions, DType::I32, 1, op, "positions");
   require_shape(positions, {n}, op, "positions");
-  require_tensor(kv.k_blocks, DType::F32, 4, op, "k_blocks");
-  require_tensor(kv.v_blocks, DType::F32, 4, op, "v_blocks");
+  const DType cache = kv.k_blocks.dtype();
+  require(cache == DType::F32 || cache == DType::BF16, op,
+          "the KV blocks must be f32 or bf16, got " + std::string(dtype_name(cache)));
+  require_tensor(kv.k_blocks, cache, 4, op, "k_blocks");
+  require_tensor(kv.v_blocks, cache, 4, op, "v_blocks");
   require_shape(kv.v_blocks, kv.k_blocks.shape(), op, "v_blocks");
   require(kv.block_table.dtype() == DType::I32 &&
               (kv.block_table.rank() == 1 ||

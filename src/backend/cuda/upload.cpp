@@ -3,6 +3,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/tensor_checks.h"
 
@@ -20,6 +23,20 @@ Tensor upload_tensor(CudaContext& ctx, const Tensor& host, const char* op) {
     check_cuda(cudaStreamSynchronize(ctx.stream()), op, "cudaStreamSynchronize");
   }
   return device;
+}
+
+Tensor copy_to_pinned_host(const Tensor& host, const char* op) {
+  require(host.device() == Device::Cpu, op, "the table to pin is not a host tensor");
+  require(host.data() != nullptr || host.numel() == 0, op, "the host tensor has no data");
+  void* pinned = nullptr;
+  const size_t bytes = std::max<size_t>(size_t(host.nbytes()), 1);
+  check_cuda(cudaHostAlloc(&pinned, bytes, cudaHostAllocMapped | cudaHostAllocPortable), op,
+             fmt::format("cudaHostAlloc of {} bytes of pinned host memory", bytes).c_str());
+  std::shared_ptr<void> owner(pinned, [](void* p) { cudaFreeHost(p); });
+  if (host.nbytes() > 0) std::memcpy(pinned, host.data(), size_t(host.nbytes()));
+  void* device_pointer = nullptr;
+  check_cuda(cudaHostGetDevicePointer(&device_pointer, pinned, 0), op, "cudaHostGetDevicePointer");
+  return Tensor(device_pointer, host.dtype(), host.shape(), Device::Cuda, std::move(owner));
 }
 
 std::shared_ptr<const nf4::Nf4Weight> upload_nf4(CudaContext& ctx, const nf4::Nf4Weight& host) {
