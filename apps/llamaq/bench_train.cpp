@@ -10,6 +10,7 @@
 #include "core/resources.h"
 #include "io/atomic_file.h"
 #include "model/random_checkpoint.h"
+#include "runtime/profiler.h"
 #include "train/adamw.h"
 #include "train/lora_model.h"
 #ifdef LLAMAQ_HAVE_CUDA
@@ -77,7 +78,9 @@ void run_train_bench(const TrainBenchOptions& o, const TrainBenchTarget& t) {
   ModelOptions model_options;
   model_options.device = t.device;
   model_options.threads = t.threads;
-  const std::unique_ptr<Backend> backend = make_training_backend(model_options);
+  std::unique_ptr<Backend> backend = make_training_backend(model_options);
+  if (!t.profile_path.empty()) backend = std::make_unique<ProfilingBackend>(std::move(backend));
+  auto* profiler = dynamic_cast<ProfilingBackend*>(backend.get());
   LlamaConfig config;
   LlamaWeights weights;
   std::optional<CheckpointTensors> checkpoint;
@@ -125,10 +128,15 @@ void run_train_bench(const TrainBenchOptions& o, const TrainBenchTarget& t) {
     optimizer.step(grads, adamw.lr, adamw);
     backend->synchronize();
   };
+  if (profiler) profiler->begin_region("warm-up step");
   step();  // warm-up: kernels loaded, cuBLAS heuristics, the allocator's blocks
+  if (profiler) profiler->clear();  // the trace and the table cover the timed steps only
   const Stopwatch clock;
-  for (int64_t i = 0; i < o.steps; ++i)
+  for (int64_t i = 0; i < o.steps; ++i) {
+    if (profiler) profiler->begin_region(fmt::format("step {}", i + 1));
     step();
+  }
+  if (profiler) profiler->end_region();
   const double step_s = clock.seconds() / double(o.steps);
   const double tokens_per_s = double(o.seq) / step_s;
   const double tflops = flops_per_token(config, weights, o.seq) * tokens_per_s / 1e12;
@@ -146,6 +154,11 @@ void run_train_bench(const TrainBenchOptions& o, const TrainBenchTarget& t) {
                            used_after - used_before);
   std::cout << fmt::format("peak host memory {:.1f} MiB", double(peak_resident_bytes()) / (1 << 20))
             << std::endl;
+  if (profiler) {
+    std::cout << "(--profile: every op is timed with its own events, so the step is slower than "
+                 "without it)\n";
+    finish_profile(*backend, t.profile_path);
+  }
   if (!t.json_file.empty()) {
     const nlohmann::json json = {{"mode", "train"},
                                  {"device", t.device},

@@ -24,6 +24,7 @@ struct TrainBenchTarget {
   std::string device;
   int threads = 0;
   std::string json_file;
+  std::string profile_path;  // --profile: per-op trace of the timed steps
 };
 
 void add_train_bench_options(CLI::App& command, TrainBenchOptions& options);

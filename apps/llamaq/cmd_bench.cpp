@@ -290,8 +290,8 @@ nlohmann::json rows_json(const BenchOptions& o, const std::vector<BenchRow>& row
 
 void run(BenchOptions o) {
   if (o.train.enabled) {
-    return run_train_bench(
-        o.train, {o.model.model_dir, o.preset, o.model.device, o.model.threads, o.json_file});
+    return run_train_bench(o.train, {o.model.model_dir, o.preset, o.model.device, o.model.threads,
+                                     o.json_file, o.model.profile_path});
   }
   if (o.model.model_dir.empty() == o.preset.empty())
     fail("give exactly one of --model and --preset");

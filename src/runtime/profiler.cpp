@@ -66,6 +66,13 @@ void ProfilingBackend::end_region() {
   open_region_ = -1;
 }
 
+void ProfilingBackend::clear() {
+  events_.clear();
+  regions_.clear();
+  open_region_ = -1;
+  origin_ = inner_->timing_mark();
+}
+
 void ProfilingBackend::resolve() {
   end_region();
   for (Event& e : events_) {

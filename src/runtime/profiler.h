@@ -23,6 +23,9 @@ class ProfilingBackend final : public Backend {
   // own row of the trace.
   void begin_region(const std::string& name);
   void end_region();
+  // Forgets every op and region recorded so far (a warm-up), so that the trace and the summary
+  // cover what follows; the trace's time origin moves to now.
+  void clear();
 
   struct OpSummary {
     std::string name;

@@ -413,5 +413,48 @@ TEST(Cli, BenchReportsEveryCaseAndTheMedianOfItsRuns) {
   EXPECT_NE(bad.exit_code, 0);
 }
 
+// A prompt longer than the chunk runs in several forward calls (the KV cache continues across
+// them); the figures are those of the whole prompt.
+TEST(Cli, BenchProcessesPromptsInChunks) {
+  const auto r = run_cli("bench " + model_arg("tiny-llama31") +
+                         " --device cpu --weights bf16 --prompt 23 --gen 2 --prefill-chunk 5 -t 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("| bf16 | flash | 23 | 1 |"), std::string::npos) << r.out;
+  const auto bad =
+      run_cli("bench " + model_arg("tiny-llama31") + " --device cpu --prefill-chunk 0");
+  EXPECT_NE(bad.exit_code, 0);
+}
+
+// bench --train --profile: the step table, then the per-op table of the timed steps (the backward
+// ops among them) and a Chrome trace with one region per timed step.
+TEST(Cli, TrainBenchProfilesItsSteps) {
+  test::TempDir dir;
+  const auto trace = dir / "train_trace.json";
+  const auto r = run_cli("bench " + model_arg("tiny-llama31") +
+                         " --device cpu --train --seq 16 --lora-r 4 --steps 2 -t 1 --profile " +
+                         trace.string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("QLoRA training step"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("by total time"), std::string::npos) << r.err;
+  const auto json = nlohmann::json::parse(test::read_bytes(trace));
+  std::set<std::string> regions;
+  std::map<std::string, int> ops;
+  for (const auto& e : json["traceEvents"]) {
+    if (e["ph"] != "X") continue;
+    if (e["cat"] == "op") {
+      ++ops[e["name"].get<std::string>()];
+    } else {
+      regions.insert(e["name"].get<std::string>());
+    }
+  }
+  EXPECT_EQ(regions, (std::set<std::string>{"step 1", "step 2"}));
+  // Per timed step: one attention backward per layer, one AdamW update per LoRA matrix (A and B
+  // of the 7 projections of every layer).
+  const int layers = nlohmann::json::parse(
+      test::read_bytes(test::model_dir("tiny-llama31") / "config.json"))["num_hidden_layers"];
+  EXPECT_EQ(ops["attention_backward"], 2 * layers);
+  EXPECT_EQ(ops["adamw_step"], 2 * 2 * 7 * layers);
+}
+
 }  // namespace
 }  // namespace llamaq
