@@ -73,14 +73,90 @@ void add_train_bench_options(CLI::App& command, TrainBenchOptions& o) {
       ->check(CLI::PositiveNumber);
 }
 
-void run_train_bench(const TrainBenchOptions& o, const TrainBenchTarget& t) {
-  if (t.model_dir.empty() == t.preset.empty()) fail("give exactly one of --model and --preset");
+namespace {
+
+struct TrainRow {
+  std::string attn;
+  double step_s = 0, tokens_per_s = 0, tflops = 0;
+  double used_gib = 0, training_gib = 0;  // device memory in use after, and the training's share
+};
+
+// Times o.steps optimizer steps after one warm-up on a backend of its own (`attn` attention),
+// whose memory is given back when it returns; with `profile`, writes the trace of the timed
+// steps to t.profile_path.
+TrainRow time_training(const TrainBenchOptions& o, const TrainBenchTarget& t,
+                       const std::string& attn, const LlamaConfig& config,
+                       const LlamaWeights& weights, bool profile, int64_t& trainable) {
   ModelOptions model_options;
   model_options.device = t.device;
   model_options.threads = t.threads;
+  model_options.attention = attn;
   std::unique_ptr<Backend> backend = make_training_backend(model_options);
-  if (!t.profile_path.empty()) backend = std::make_unique<ProfilingBackend>(std::move(backend));
+  if (profile) backend = std::make_unique<ProfilingBackend>(std::move(backend));
   auto* profiler = dynamic_cast<ProfilingBackend*>(backend.get());
+  TrainRow row;
+  row.attn = attn;
+  const double used_before = device_used_gib(t.device);
+  LoraTrainModel model(config, weights, *backend);
+  LoraConfig lora;
+  lora.r = o.lora_r;
+  lora.lora_alpha = double(o.lora_r);
+  lora.target_modules = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                         "gate_proj", "up_proj", "down_proj"};
+  model.init_lora(lora, 1);
+  std::vector<Tensor> params, grads;
+  trainable = 0;
+  for (LoraParam& p : model.params()) {
+    params.insert(params.end(), {p.a, p.b});
+    grads.insert(grads.end(), {p.grad_a, p.grad_b});
+    trainable += p.a.numel() + p.b.numel();
+  }
+  AdamW optimizer(*backend, params);
+  AdamWOptions adamw;
+  std::mt19937 rng(7);
+  std::vector<int32_t> ids(static_cast<size_t>(o.seq));
+  for (int32_t& id : ids)
+    id = int32_t(rng() % uint32_t(config.vocab_size));
+  const auto step = [&] {
+    model.zero_grad();
+    model.accumulate_gradients(ids, ids, double(o.seq - 1));
+    clip_grad_norm(*backend, grads, 1.0);
+    optimizer.step(grads, adamw.lr, adamw);
+    backend->synchronize();
+  };
+  log_line(fmt::format("bench --train: {} attention", attn));
+  if (profiler) profiler->begin_region("warm-up step");
+  step();  // warm-up: kernels loaded, cuBLAS heuristics, the allocator's blocks
+  if (profiler) profiler->clear();  // the trace and the table cover the timed steps only
+  const Stopwatch clock;
+  for (int64_t i = 0; i < o.steps; ++i) {
+    if (profiler) profiler->begin_region(fmt::format("step {}", i + 1));
+    step();
+  }
+  if (profiler) profiler->end_region();
+  row.step_s = clock.seconds() / double(o.steps);
+  row.tokens_per_s = double(o.seq) / row.step_s;
+  row.tflops = flops_per_token(config, weights, o.seq) * row.tokens_per_s / 1e12;
+  row.used_gib = device_used_gib(t.device);
+  row.training_gib = row.used_gib - used_before;
+  if (profiler) finish_profile(*backend, t.profile_path);
+  return row;
+}
+
+}  // namespace
+
+void run_train_bench(const TrainBenchOptions& o, const TrainBenchTarget& t) {
+  if (t.model_dir.empty() == t.preset.empty()) fail("give exactly one of --model and --preset");
+  const std::vector<std::string> attns = split_list(t.attn);
+  if (attns.empty()) fail("--attn needs at least one value");
+  for (const std::string& attn : attns) {
+    if (attn != "flash" && attn != "naive") {
+      fail("--attn: unknown attention \"{}\" (flash or naive)", attn);
+    }
+    if (attn == "naive" && t.device != "cuda") {
+      fail("--attn naive is a GPU comparison (--device cuda)");
+    }
+  }
   LlamaConfig config;
   LlamaWeights weights;
   std::optional<CheckpointTensors> checkpoint;
@@ -100,77 +176,44 @@ void run_train_bench(const TrainBenchOptions& o, const TrainBenchTarget& t) {
     quant.progress = true;
     quantize_weights(weights, quant);
   }
-  const double used_before = device_used_gib(t.device);
-  LoraTrainModel model(config, weights, *backend);
-  LoraConfig lora;
-  lora.r = o.lora_r;
-  lora.lora_alpha = double(o.lora_r);
-  lora.target_modules = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                         "gate_proj", "up_proj", "down_proj"};
-  model.init_lora(lora, 1);
-  std::vector<Tensor> params, grads;
+  std::vector<TrainRow> rows;
   int64_t trainable = 0;
-  for (LoraParam& p : model.params()) {
-    params.insert(params.end(), {p.a, p.b});
-    grads.insert(grads.end(), {p.grad_a, p.grad_b});
-    trainable += p.a.numel() + p.b.numel();
+  for (size_t i = 0; i < attns.size(); ++i) {
+    const bool profile = !t.profile_path.empty() && i + 1 == attns.size();  // the last one's
+    rows.push_back(time_training(o, t, attns[i], config, weights, profile, trainable));
   }
-  AdamW optimizer(*backend, params);
-  AdamWOptions adamw;
-  std::mt19937 rng(7);
-  std::vector<int32_t> ids(static_cast<size_t>(o.seq));
-  for (int32_t& id : ids)
-    id = int32_t(rng() % uint32_t(config.vocab_size));
-  const auto step = [&] {
-    model.zero_grad();
-    model.accumulate_gradients(ids, ids, double(o.seq - 1));
-    clip_grad_norm(*backend, grads, 1.0);
-    optimizer.step(grads, adamw.lr, adamw);
-    backend->synchronize();
-  };
-  if (profiler) profiler->begin_region("warm-up step");
-  step();  // warm-up: kernels loaded, cuBLAS heuristics, the allocator's blocks
-  if (profiler) profiler->clear();  // the trace and the table cover the timed steps only
-  const Stopwatch clock;
-  for (int64_t i = 0; i < o.steps; ++i) {
-    if (profiler) profiler->begin_region(fmt::format("step {}", i + 1));
-    step();
-  }
-  if (profiler) profiler->end_region();
-  const double step_s = clock.seconds() / double(o.steps);
-  const double tokens_per_s = double(o.seq) / step_s;
-  const double tflops = flops_per_token(config, weights, o.seq) * tokens_per_s / 1e12;
-  const double used_after = device_used_gib(t.device);
   std::cout << fmt::format(
       "\nQLoRA training step on {} ({}), base {}, seq {}, batch 1, r {} on all seven projections "
       "({:.1f} M trainable)\n",
       t.preset.empty() ? t.model_dir : t.preset, t.device, o.base, o.seq, o.lora_r,
       double(trainable) / 1e6);
-  std::cout << "| step s | tokens/s | model TFLOP/s | MFU | device GiB (in use after) | of it "
-               "training |\n"
-               "|---|---|---|---|---|---|\n";
-  std::cout << fmt::format("| {:.3f} | {:.0f} | {:.1f} | {:.1f}% | {:.2f} | {:.2f} |\n", step_s,
-                           tokens_per_s, tflops, 100.0 * tflops / o.peak_tflops, used_after,
-                           used_after - used_before);
+  std::cout << "| attn | step s | tokens/s | model TFLOP/s | MFU | device GiB (in use after) | of "
+               "it training |\n"
+               "|---|---|---|---|---|---|---|\n";
+  for (const TrainRow& r : rows) {
+    std::cout << fmt::format("| {} | {:.3f} | {:.0f} | {:.1f} | {:.1f}% | {:.2f} | {:.2f} |\n",
+                             r.attn, r.step_s, r.tokens_per_s, r.tflops,
+                             100.0 * r.tflops / o.peak_tflops, r.used_gib, r.training_gib);
+  }
   std::cout << fmt::format("peak host memory {:.1f} MiB", double(peak_resident_bytes()) / (1 << 20))
             << std::endl;
-  if (profiler) {
-    std::cout << "(--profile: every op is timed with its own events, so the step is slower than "
-                 "without it)\n";
-    finish_profile(*backend, t.profile_path);
+  if (!t.profile_path.empty()) {
+    std::cout << "(--profile: every op of the last row is timed with its own events, so its step "
+                 "is slower than without it)\n";
   }
   if (!t.json_file.empty()) {
-    const nlohmann::json json = {{"mode", "train"},
-                                 {"device", t.device},
-                                 {"base", o.base},
-                                 {"seq", o.seq},
-                                 {"lora_r", o.lora_r},
-                                 {"step_s", step_s},
-                                 {"tokens_per_s", tokens_per_s},
-                                 {"model_tflop_per_s", tflops},
-                                 {"mfu", tflops / o.peak_tflops},
-                                 {"device_used_gib", used_after},
-                                 {"device_training_gib", used_after - used_before}};
+    nlohmann::json json_rows = nlohmann::json::array();
+    for (const TrainRow& r : rows) {
+      json_rows.push_back({{"attn", r.attn},
+                           {"step_s", r.step_s},
+                           {"tokens_per_s", r.tokens_per_s},
+                           {"model_tflop_per_s", r.tflops},
+                           {"mfu", r.tflops / o.peak_tflops},
+                           {"device_used_gib", r.used_gib},
+                           {"device_training_gib", r.training_gib}});
+    }
+    const nlohmann::json json = {{"mode", "train"}, {"device", t.device}, {"base", o.base},
+                                 {"seq", o.seq},    {"lora_r", o.lora_r}, {"rows", json_rows}};
     write_file_atomic(t.json_file, json.dump(2) + "\n");
   }
 }

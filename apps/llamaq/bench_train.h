@@ -24,7 +24,8 @@ struct TrainBenchTarget {
   std::string device;
   int threads = 0;
   std::string json_file;
-  std::string profile_path;  // --profile: per-op trace of the timed steps
+  std::string profile_path;    // --profile: per-op trace of the timed steps
+  std::string attn = "flash";  // --attn: comma-separated flash, naive (a row each)
 };
 
 void add_train_bench_options(CLI::App& command, TrainBenchOptions& options);

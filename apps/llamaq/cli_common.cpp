@@ -3,6 +3,7 @@
 #include <charconv>
 #include <iostream>
 #include <random>
+#include <sstream>
 
 #include "backend/cpu/cpu_backend.h"
 #include "core/error.h"
@@ -96,6 +97,15 @@ void add_profile_option(CLI::App& command, std::string& path) {
   command.add_option("--profile", path,
                      "Write per-op device times as a Chrome trace (open in Perfetto) and print the "
                      "top ops (CUDA graphs are off while profiling)");
+}
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> items;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (!item.empty()) items.push_back(item);
+  }
+  return items;
 }
 
 std::unique_ptr<Backend> make_profiled_backend(const ModelOptions& options) {

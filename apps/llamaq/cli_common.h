@@ -42,6 +42,9 @@ std::unique_ptr<Backend> make_training_backend(const ModelOptions& options);
 void add_model_options(CLI::App& command, ModelOptions& options);
 LoadOptions load_options(const ModelOptions& options);
 
+// The non-empty items of a comma-separated list ("flash,naive").
+std::vector<std::string> split_list(const std::string& text);
+
 // --profile FILE (generate, bench): per-op device times as a Chrome trace plus a summary table.
 void add_profile_option(CLI::App& command, std::string& path);
 // The options' backend, wrapped in a ProfilingBackend when a profile path is set.

@@ -69,15 +69,6 @@ double median(std::vector<double> values) {
   return n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
-std::vector<std::string> split_list(const std::string& text) {
-  std::vector<std::string> items;
-  std::stringstream in(text);
-  for (std::string item; std::getline(in, item, ',');) {
-    if (!item.empty()) items.push_back(item);
-  }
-  return items;
-}
-
 std::vector<int64_t> split_numbers(const std::string& text, const std::string& flag) {
   std::vector<int64_t> numbers;
   for (const int32_t v : parse_token_ids(text, flag)) {
@@ -291,7 +282,7 @@ nlohmann::json rows_json(const BenchOptions& o, const std::vector<BenchRow>& row
 void run(BenchOptions o) {
   if (o.train.enabled) {
     return run_train_bench(o.train, {o.model.model_dir, o.preset, o.model.device, o.model.threads,
-                                     o.json_file, o.model.profile_path});
+                                     o.json_file, o.model.profile_path, o.attn});
   }
   if (o.model.model_dir.empty() == o.preset.empty())
     fail("give exactly one of --model and --preset");

@@ -6,7 +6,8 @@
 //   above the fp32 noise of a reordered sum.
 // - attention backward: fp32, but the probabilities come from exp(s - lse) with a float
 //   log-sum-exp instead of exp(s - max) / sum, and dQ is summed by atomics in any order; each
-//   term carries a few ulps, so 2e-5 relative. With one token (n = 1) the exact dQ and dK are
+//   term carries a few ulps, so 2e-5 relative (the naive path: the CPU's softmax, cuBLAS sums in
+//   another order: the same bound). With one token (n = 1) the exact dQ and dK are
 //   zero (one key: P = 1, and dS = P (dP - delta) with delta = P dP), and both backends compute
 //   dP and delta from the same dot product, so they must give exactly zero: a zero reference
 //   admits only a zero result (a relative error would divide by zero).
@@ -125,7 +126,10 @@ Tensor attention_output(Backend& cpu, const Tensor& q, const Tensor& k, const Te
   return out;
 }
 
-TEST_F(CudaBackward, FlashAttentionBackwardMatchesTheCpu) {
+// The flash backward (the backend's default) and the naive one (`--attn naive`: materialized
+// probabilities, cuBLAS fp32 GEMMs; the same arithmetic for P and delta as the CPU, sums in
+// another order, so the same bound).
+TEST_F(CudaBackward, AttentionBackwardMatchesTheCpu) {
   struct Heads {
     int64_t h, kv;
   };
@@ -139,16 +143,26 @@ TEST_F(CudaBackward, FlashAttentionBackwardMatchesTheCpu) {
         Tensor dq = cpu().alloc(DType::F32, q.shape()), dk = cpu().alloc(DType::F32, k.shape()),
                dv = cpu().alloc(DType::F32, v.shape());
         cpu().attention_backward(q, k, v, out, d_out, dq, dk, dv);
-        Tensor gdq = gpu_test::poisoned(gpu(), q.shape()),
-               gdk = gpu_test::poisoned(gpu(), k.shape()),
-               gdv = gpu_test::poisoned(gpu(), v.shape());
-        gpu().attention_backward(gpu().upload(q), gpu().upload(k), gpu().upload(v),
-                                 gpu().upload(out), gpu().upload(d_out), gdq, gdk, gdv);
-        const std::string what =
-            fmt::format("D={} H={} Hkv={} n={}", head_dim, heads.h, heads.kv, n);
-        expect_close(gdq, dq, kAttentionTolerance, "attention_backward dq " + what);
-        expect_close(gdk, dk, kAttentionTolerance, "attention_backward dk " + what);
-        expect_close(gdv, dv, kAttentionTolerance, "attention_backward dv " + what);
+        const Tensor q_gpu = gpu().upload(q), k_gpu = gpu().upload(k), v_gpu = gpu().upload(v);
+        const Tensor d_out_gpu = gpu().upload(d_out);
+        for (const bool naive : {false, true}) {
+          Tensor gdq = gpu_test::poisoned(gpu(), q.shape()),
+                 gdk = gpu_test::poisoned(gpu(), k.shape()),
+                 gdv = gpu_test::poisoned(gpu(), v.shape());
+          if (naive) {
+            cuda::attention_backward_naive(gpu().context(), q_gpu, k_gpu, v_gpu, d_out_gpu, gdq,
+                                           gdk, gdv);
+          } else {
+            gpu().attention_backward(q_gpu, k_gpu, v_gpu, gpu().upload(out), d_out_gpu, gdq, gdk,
+                                     gdv);
+          }
+          const std::string what =
+              fmt::format("{} D={} H={} Hkv={} n={}", naive ? "naive" : "flash", head_dim, heads.h,
+                          heads.kv, n);
+          expect_close(gdq, dq, kAttentionTolerance, "attention_backward dq " + what);
+          expect_close(gdk, dk, kAttentionTolerance, "attention_backward dk " + what);
+          expect_close(gdv, dv, kAttentionTolerance, "attention_backward dv " + what);
+        }
       }
     }
   }

@@ -249,7 +249,11 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
                                      const Tensor& out, const Tensor& d_out, Tensor& dq, Tensor& dk,
                                      Tensor& dv) {
   ctx_.activate("attention_backward");
-  cuda::attention_backward(ctx_, q, k, v, out, d_out, dq, dk, dv);
+  if (options_.attention == AttentionImpl::Naive) {
+    cuda::attention_backward_naive(ctx_, q, k, v, d_out, dq, dk, dv);
+  } else {
+    cuda::attention_backward(ctx_, q, k, v, out, d_out, dq, dk, dv);
+  }
 }
 
 void CudaBackend::swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& ds,

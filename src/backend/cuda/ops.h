@@ -99,6 +99,16 @@ void rope_backward(CudaContext& ctx, Tensor& grad, const Tensor& positions, cons
 // and KV head accumulating dK/dV on chip, dQ by atomics).
 void attention_backward(CudaContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const Tensor& d_out, Tensor& dq, Tensor& dk, Tensor& dv);
+// backward_attention_naive.cu: the same gradients with the probabilities materialized per kv
+// head's query heads, through cuBLAS fp32 GEMMs (`--attn naive`).
+void attention_backward_naive(CudaContext& ctx,
+                              const Tensor& q,      // [n, H, D] f32
+                              const Tensor& k,      // [n, Hkv, D] f32
+                              const Tensor& v,      // [n, Hkv, D] f32
+                              const Tensor& d_out,  // [n, H * D] f32
+                              Tensor& dq,           // [n, H, D] f32
+                              Tensor& dk,           // [n, Hkv, D] f32
+                              Tensor& dv);          // [n, Hkv, D] f32
 // backward_elementwise.cu
 void swiglu_backward(CudaContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& ds,
                      Tensor& d_gate, Tensor& d_up);
