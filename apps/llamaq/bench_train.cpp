@@ -157,18 +157,10 @@ void run_train_bench(const TrainBenchOptions& o, const TrainBenchTarget& t) {
       fail("--attn naive is a GPU comparison (--device cuda)");
     }
   }
-  LlamaConfig config;
-  LlamaWeights weights;
-  std::optional<CheckpointTensors> checkpoint;
-  if (!t.preset.empty()) {
-    config = parse_llama_config(preset_config(t.preset).dump(), t.preset);
-    log_line("making random " + t.preset + " weights in memory");
-    weights = random_weights(config, 1, t.threads);
-  } else {
-    config = load_llama_config(std::filesystem::path(t.model_dir) / "config.json");
-    checkpoint.emplace(CheckpointTensors::open(t.model_dir));
-    weights = bind_llama_weights(config, *checkpoint);
-  }
+  BenchWeights loaded;
+  load_bench_weights(t.preset, t.model_dir, t.threads, loaded);
+  const LlamaConfig& config = loaded.config;
+  LlamaWeights& weights = loaded.weights;
   if (o.base == "nf4") {
     LoadOptions quant;
     quant.quantize_nf4 = true;

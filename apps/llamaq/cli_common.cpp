@@ -11,6 +11,7 @@
 #include "backend/cuda/cuda_backend.h"
 #endif
 #include "core/resources.h"
+#include "model/random_checkpoint.h"
 #include "runtime/profiler.h"
 
 namespace llamaq::cli {
@@ -38,9 +39,10 @@ void add_model_options(CLI::App& command, ModelOptions& options) {
 void add_kv_dtype_option(CLI::App& command, std::string& kv_dtype) {
   command
       .add_option("--kv-dtype", kv_dtype,
-                  "KV cache: bf16 (default on the GPU and the CPU fast path), f16 (CPU only) or "
-                  "f32 (default on the CPU reference path)")
-      ->check(CLI::IsMember({"f32", "bf16", "f16"}));
+                  "KV cache: bf16 (default on the GPU and the CPU fast path), f16 or q8 (CPU "
+                  "only; q8: int8 with a scale per 32 values) or f32 (default on the CPU "
+                  "reference path)")
+      ->check(CLI::IsMember({"f32", "bf16", "f16", "q8"}));
 }
 
 namespace {
@@ -48,14 +50,15 @@ namespace {
 std::optional<DType> kv_dtype_of(const ModelOptions& options) {
   if (options.kv_dtype.empty()) return std::nullopt;
   if (options.kv_dtype == "f32") return DType::F32;
+  if (options.kv_dtype == "q8") return DType::I8;
   return options.kv_dtype == "f16" ? DType::F16 : DType::BF16;
 }
 
 }  // namespace
 
 std::unique_ptr<Backend> make_backend(const ModelOptions& options) {
-  if (options.device == "cuda" && options.kv_dtype == "f16") {
-    fail("--kv-dtype f16: the CUDA backend keeps its KV cache in bf16 or f32");
+  if (options.device == "cuda" && (options.kv_dtype == "f16" || options.kv_dtype == "q8")) {
+    fail("--kv-dtype {}: the CUDA backend keeps its KV cache in bf16 or f32", options.kv_dtype);
   }
   if (options.attention != "flash" && options.attention != "naive") {
     fail("--attn: unknown attention \"{}\" (flash or naive)", options.attention);
@@ -97,6 +100,19 @@ void add_profile_option(CLI::App& command, std::string& path) {
   command.add_option("--profile", path,
                      "Write per-op device times as a Chrome trace (open in Perfetto) and print the "
                      "top ops (CUDA graphs are off while profiling)");
+}
+
+void load_bench_weights(const std::string& preset, const std::string& model_dir, int threads,
+                        BenchWeights& out) {
+  if (!preset.empty()) {
+    out.config = parse_llama_config(preset_config(preset).dump(), preset);
+    log_line("making random " + preset + " weights in memory");
+    out.weights = random_weights(out.config, 1, threads);
+    return;
+  }
+  out.config = load_llama_config(std::filesystem::path(model_dir) / "config.json");
+  out.checkpoint.emplace(CheckpointTensors::open(model_dir));
+  out.weights = bind_llama_weights(out.config, *out.checkpoint);
 }
 
 std::vector<std::string> split_list(const std::string& text) {

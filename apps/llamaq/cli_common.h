@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,10 +28,10 @@ struct ModelOptions {
   bool no_graphs = false;           // run decode steps op by op instead of replaying a CUDA graph
   std::string profile_path;         // per-op trace (Chrome trace JSON) written here when set
   std::string attention = "flash";  // GPU attention: flash, or naive (scores materialized)
-  std::string kv_dtype;  // KV cache: f32, bf16 or f16 (CPU); empty = the backend's default
+  std::string kv_dtype;  // KV cache: f32, bf16, f16 or q8 (the last two CPU only); empty: default
 };
 
-// --kv-dtype f32|bf16|f16 (the KV cache; f16 on the CPU only).
+// --kv-dtype f32|bf16|f16|q8 (the KV cache; f16 and q8 on the CPU only).
 void add_kv_dtype_option(CLI::App& command, std::string& kv_dtype);
 
 // The backend the options ask for; cuda needs a build with nvcc.
@@ -41,6 +42,16 @@ std::unique_ptr<Backend> make_training_backend(const ModelOptions& options);
 
 void add_model_options(CLI::App& command, ModelOptions& options);
 LoadOptions load_options(const ModelOptions& options);
+
+// The weights `bench` measures: random ones of a preset's shape made in memory, or a checkpoint's
+// (mapped; `checkpoint` keeps the files open).
+struct BenchWeights {
+  LlamaConfig config;
+  LlamaWeights weights;
+  std::optional<CheckpointTensors> checkpoint;
+};
+void load_bench_weights(const std::string& preset, const std::string& model_dir, int threads,
+                        BenchWeights& out);
 
 // The non-empty items of a comma-separated list ("flash,naive").
 std::vector<std::string> split_list(const std::string& text);

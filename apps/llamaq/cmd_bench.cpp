@@ -292,18 +292,10 @@ void run(BenchOptions o) {
   const std::vector<int64_t> batches = split_numbers(o.batches, "--batch");
   if (formats.empty() || attns.empty()) fail("--weights and --attn need at least one value");
   const Roofline roof = measure_roofline(o.model.device, o.model.threads);
-  LlamaConfig config;
-  LlamaWeights weights;
-  std::optional<CheckpointTensors> checkpoint;
-  if (!o.preset.empty()) {
-    config = parse_llama_config(preset_config(o.preset).dump(), o.preset);
-    log_line("making random " + o.preset + " weights in memory");
-    weights = random_weights(config, 1, o.model.threads);
-  } else {
-    config = load_llama_config(std::filesystem::path(o.model.model_dir) / "config.json");
-    checkpoint.emplace(CheckpointTensors::open(o.model.model_dir));
-    weights = bind_llama_weights(config, *checkpoint);
-  }
+  BenchWeights loaded;
+  load_bench_weights(o.preset, o.model.model_dir, o.model.threads, loaded);
+  const LlamaConfig& config = loaded.config;
+  const LlamaWeights& weights = loaded.weights;
   std::vector<BenchRow> rows;
   std::string backend_name;
   std::unique_ptr<Backend> profiled;

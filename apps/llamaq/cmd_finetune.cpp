@@ -1,7 +1,6 @@
 // llamaq finetune: QLoRA / LoRA fine-tuning on a JSON Lines chat, Alpaca or text file, writing a
 // PEFT adapter. Ctrl-C saves a checkpoint and stops; --resume continues from one.
 #include <csignal>
-#include <sstream>
 
 #include "cli_common.h"
 #include "commands.h"
@@ -21,15 +20,8 @@ struct FinetuneCliOptions {
   std::string device = "cpu";
 };
 
-extern "C" void on_interrupt(int) { request_training_stop(); }
-
-std::vector<std::string> split_list(const std::string& text) {
-  std::vector<std::string> out;
-  std::stringstream in(text);
-  for (std::string item; std::getline(in, item, ',');) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
+extern "C" void on_interrupt(int) {
+  request_training_stop();
 }
 
 void run(FinetuneCliOptions o) {
@@ -51,9 +43,9 @@ void run(FinetuneCliOptions o) {
   std::signal(SIGINT, on_interrupt);
   const TrainSummary s = run_training(t, *backend, log_line);
   std::signal(SIGINT, SIG_DFL);
-  std::string line = fmt::format("finetune: {} steps in {:.1f} s ({:.0f} tokens/s), loss {:.4f} -> {:.4f}",
-                                 s.steps, s.seconds, s.seconds > 0 ? double(s.tokens) / s.seconds : 0.0,
-                                 s.first_loss, s.last_loss);
+  std::string line = fmt::format(
+      "finetune: {} steps in {:.1f} s ({:.0f} tokens/s), loss {:.4f} -> {:.4f}", s.steps, s.seconds,
+      s.seconds > 0 ? double(s.tokens) / s.seconds : 0.0, s.first_loss, s.last_loss);
   if (s.eval_loss) line += fmt::format(", eval loss {:.4f}", *s.eval_loss);
   log_line(line + fmt::format("; adapter in {}", t.out_dir.string()));
 }
@@ -63,15 +55,21 @@ void run(FinetuneCliOptions o) {
 void register_finetune(CLI::App& app) {
   auto o = std::make_shared<FinetuneCliOptions>();
   TrainOptions& t = o->train;
-  CLI::App* cmd = app.add_subcommand("finetune", "Fine-tune LoRA adapters (QLoRA with --quant nf4)");
+  CLI::App* cmd =
+      app.add_subcommand("finetune", "Fine-tune LoRA adapters (QLoRA with --quant nf4)");
   cmd->add_option("-m,--model", t.model_dir, "Base checkpoint folder")->required();
-  cmd->add_option("--data", t.data_file, "JSON Lines: {\"messages\"}, {\"instruction\",\"output\"} or {\"text\"}")->required();
-  cmd->add_option("-o,--out", t.out_dir, "Output folder for the adapter, checkpoints and metrics")->required();
-  cmd->add_option("--quant", o->quant, "Base weights: none or nf4 (QLoRA)")->check(CLI::IsMember({"none", "nf4"}));
+  cmd->add_option("--data", t.data_file,
+                  "JSON Lines: {\"messages\"}, {\"instruction\",\"output\"} or {\"text\"}")
+      ->required();
+  cmd->add_option("-o,--out", t.out_dir, "Output folder for the adapter, checkpoints and metrics")
+      ->required();
+  cmd->add_option("--quant", o->quant, "Base weights: none or nf4 (QLoRA)")
+      ->check(CLI::IsMember({"none", "nf4"}));
   cmd->add_option("--lora-r", o->lora_r, "LoRA rank")->check(CLI::PositiveNumber);
   cmd->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha (scale = alpha / r)");
   cmd->add_flag("--rslora", o->rslora, "rsLoRA scaling alpha / sqrt(r)");
-  cmd->add_option("--lora-dropout", t.lora.lora_dropout, "Dropout on the LoRA input (training only)")
+  cmd->add_option("--lora-dropout", t.lora.lora_dropout,
+                  "Dropout on the LoRA input (training only)")
       ->check(CLI::Range(0.0, 0.99));
   cmd->add_option("--targets", o->targets, "Comma-separated projections, or all-linear");
   cmd->add_option("--lr", t.adamw.lr, "Peak learning rate")->check(CLI::PositiveNumber);
@@ -81,9 +79,12 @@ void register_finetune(CLI::App& app) {
   cmd->add_option("--warmup", t.warmup, "Warmup steps (or a fraction of the total when < 1)");
   cmd->add_option("--epochs", t.epochs, "Epochs")->check(CLI::PositiveNumber);
   cmd->add_option("--steps", t.max_steps, "Optimizer steps (overrides --epochs)");
-  cmd->add_option("--micro-batch", t.batching.micro_batch, "Rows per micro-batch")->check(CLI::PositiveNumber);
-  cmd->add_option("--grad-accum", t.batching.grad_accum, "Micro-batches per optimizer step")->check(CLI::PositiveNumber);
-  cmd->add_option("--seq-len", t.batching.seq_len, "Tokens per row (longer examples are truncated)");
+  cmd->add_option("--micro-batch", t.batching.micro_batch, "Rows per micro-batch")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--grad-accum", t.batching.grad_accum, "Micro-batches per optimizer step")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--seq-len", t.batching.seq_len,
+                  "Tokens per row (longer examples are truncated)");
   cmd->add_flag("--packing", t.batching.packing, "Pack examples into full rows");
   cmd->add_option("--max-grad-norm", t.max_grad_norm, "Gradient clipping (0 = off)");
   cmd->add_option("--eval-split", t.eval_split, "Fraction of examples held out for eval loss");

@@ -16,14 +16,25 @@ namespace llamaq {
 
 // One layer's slice of the paged KV cache, as the attention ops see it.
 struct KvLayerView {
-  Tensor k_blocks;  // [n_blocks, block_size, n_kv_heads, head_dim] f32, bf16 or f16 (CPU)
-  Tensor v_blocks;  // [n_blocks, block_size, n_kv_heads, head_dim] f32 or bf16 (as k_blocks)
+  // [n_blocks, block_size, n_kv_heads, head_dim] f32, bf16, or on the CPU also f16 or i8 (q8).
+  Tensor k_blocks;
+  Tensor v_blocks;  // as k_blocks
   // [max_blocks] i32 shared by every token (one sequence), or [n, max_blocks] i32 with row t for
   // token t (a decode step of n sequences, one token each): entry i is the block holding
   // positions [i*bs, (i+1)*bs).
   Tensor block_table;
   int64_t block_size = 0;
+  // q8 (i8 blocks): [n_blocks, block_size, n_kv_heads, head_dim / kv_q8_group(head_dim)] f32, the
+  // scale of each group of values (value = int8 * scale); empty for the other dtypes.
+  Tensor k_scales = {};
+  Tensor v_scales = {};
 };
+
+// Values per scale of a q8 KV cache: 32 (as llama.cpp's q8_0), or the whole head when head_dim is
+// not a multiple of 32.
+inline int64_t kv_q8_group(int64_t head_dim) {
+  return head_dim % 32 == 0 ? 32 : head_dim;
+}
 
 // A recorded sequence of ops that replays as one unit (a CUDA graph): the same kernels on the same
 // tensors, with no per-op launch cost. Inputs change between replays only through the contents of

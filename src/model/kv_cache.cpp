@@ -23,14 +23,21 @@ KvCache::KvCache(Backend& backend, const LlamaConfig& config, int64_t capacity_t
       dtype_(dtype.value_or(backend.preferred_kv_dtype())) {
   if (block_size <= 0 || capacity_tokens <= 0)
     fail("KV cache: capacity and block size must be > 0");
-  if (dtype_ != DType::F32 && dtype_ != DType::BF16 && dtype_ != DType::F16) {
-    fail("KV cache: dtype {} is not supported (f32, bf16 or f16)", dtype_name(dtype_));
+  if (dtype_ != DType::F32 && dtype_ != DType::BF16 && dtype_ != DType::F16 &&
+      dtype_ != DType::I8) {
+    fail("KV cache: dtype {} is not supported (f32, bf16, f16 or i8 for q8)", dtype_name(dtype_));
   }
   n_blocks_ = (capacity_tokens + block_size - 1) / block_size;
   const Shape shape = {n_blocks_, block_size_, config.num_key_value_heads, config.head_dim};
+  const Shape scale_shape = {n_blocks_, block_size_, config.num_key_value_heads,
+                             config.head_dim / kv_q8_group(config.head_dim)};
   for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
     k_blocks_.push_back(backend_.alloc(dtype_, shape));
     v_blocks_.push_back(backend_.alloc(dtype_, shape));
+    if (dtype_ == DType::I8) {
+      k_scales_.push_back(backend_.alloc(DType::F32, scale_shape));
+      v_scales_.push_back(backend_.alloc(DType::F32, scale_shape));
+    }
   }
   for (int64_t b = n_blocks_ - 1; b >= 0; --b)
     free_blocks_.push_back(int32_t(b));
@@ -122,15 +129,19 @@ void KvCache::truncate(int seq, int64_t new_length) {
 }
 
 KvLayerView KvCache::layer_view(int layer, int seq) const {
-  return KvLayerView{k_blocks_.at(size_t(layer)), v_blocks_.at(size_t(layer)), sequence(seq).table,
-                     block_size_};
+  return layer_view(layer, sequence(seq).table);
 }
 
 KvLayerView KvCache::layer_view(int layer, const Tensor& table) const {
   if (table.rank() < 1 || table.rank() > 2 || table.dim(table.rank() - 1) != n_blocks_) {
     fail("KV cache: a block table needs rows of {} entries", n_blocks_);
   }
-  return KvLayerView{k_blocks_.at(size_t(layer)), v_blocks_.at(size_t(layer)), table, block_size_};
+  KvLayerView view{k_blocks_.at(size_t(layer)), v_blocks_.at(size_t(layer)), table, block_size_};
+  if (dtype_ == DType::I8) {
+    view.k_scales = k_scales_.at(size_t(layer));
+    view.v_scales = v_scales_.at(size_t(layer));
+  }
+  return view;
 }
 
 }  // namespace llamaq

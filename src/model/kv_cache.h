@@ -16,7 +16,8 @@ namespace llamaq {
 class KvCache {
  public:
   // Room for `capacity_tokens` tokens in all, in blocks of `block_size` positions, stored as
-  // `dtype` (F32, BF16 or F16; by default the backend's preferred_kv_dtype()).
+  // `dtype` (F32, BF16, F16, or I8 for q8: int8 values with an f32 scale per kv_q8_group(head_dim)
+  // of them; by default the backend's preferred_kv_dtype()).
   KvCache(Backend& backend, const LlamaConfig& config, int64_t capacity_tokens,
           int64_t block_size = 16, std::optional<DType> dtype = std::nullopt);
 
@@ -65,6 +66,8 @@ class KvCache {
   DType dtype_;
   std::vector<Tensor> k_blocks_;  // per layer [n_blocks, block_size, n_kv_heads, head_dim] dtype_
   std::vector<Tensor> v_blocks_;
+  std::vector<Tensor> k_scales_;  // per layer, q8 only: [n_blocks, block_size, n_kv_heads, groups]
+  std::vector<Tensor> v_scales_;
   std::vector<int32_t> free_blocks_;
   std::vector<Sequence> sequences_;
 };

@@ -173,13 +173,19 @@ TEST(CpuKernels, WeightsTheFastKernelsDoNotTakeGoToTheReference) {
   }
 }
 
-// A paged cache for one sequence whose blocks are handed out in reverse order.
+// A paged cache for one sequence whose blocks are handed out in reverse order (i8: q8, with its
+// scales).
 struct PagedCache {
   KvLayerView view;
   PagedCache(DType dtype, int64_t n_tokens, int64_t n_kv_heads, int64_t head_dim, int64_t bs) {
     const int64_t n_blocks = (n_tokens + bs - 1) / bs;
     view.k_blocks = Tensor::zeros(dtype, {n_blocks, bs, n_kv_heads, head_dim});
     view.v_blocks = Tensor::zeros(dtype, {n_blocks, bs, n_kv_heads, head_dim});
+    if (dtype == DType::I8) {
+      const Shape scales = {n_blocks, bs, n_kv_heads, head_dim / kv_q8_group(head_dim)};
+      view.k_scales = Tensor::zeros(DType::F32, scales);
+      view.v_scales = Tensor::zeros(DType::F32, scales);
+    }
     view.block_table = Tensor::zeros(DType::I32, {n_blocks});
     for (int64_t b = 0; b < n_blocks; ++b)
       view.block_table.data_as<int32_t>()[b] = int32_t(n_blocks - 1 - b);
@@ -194,33 +200,35 @@ Tensor positions_from(int64_t first, int64_t n) {
   return p;
 }
 
-TEST(CpuKernels, TiledAttentionMatchesTheReferenceOnF32Bf16AndF16Caches) {
+TEST(CpuKernels, TiledAttentionMatchesTheReferenceOnEveryCacheDtype) {
   ThreadPool pool(2);
-  const int64_t n_heads = 6, n_kv_heads = 2, head_dim = 40;  // GQA groups of 3; 40 = 2.5 zmm
   const cpu::WidenScalesKernel widen_f16 = cpu::kernels_for(cpu::best_isa()).widen_scales;
-  for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
-    for (const auto& [tokens, block_size] : {std::pair{97, 16}, {23, 5}, {1, 4}}) {
-      SCOPED_TRACE(std::string(dtype_name(dtype)) + " tokens " + std::to_string(tokens) +
-                   " block " + std::to_string(block_size));
-      PagedCache cache(dtype, tokens + 3, n_kv_heads, head_dim, block_size);
-      // Three earlier positions already in the cache, then `tokens` new ones attending to them.
-      const Tensor k = random_matrix(tokens + 3, n_kv_heads * head_dim, 10)
-                           .reshaped({tokens + 3, n_kv_heads, head_dim});
-      const Tensor v = random_matrix(tokens + 3, n_kv_heads * head_dim, 11)
-                           .reshaped({tokens + 3, n_kv_heads, head_dim});
-      cpu::kv_store(k, v, positions_from(0, tokens + 3), cache.view);
-      const Tensor q =
-          random_matrix(tokens, n_heads * head_dim, 12, 0.5f).reshaped({tokens, n_heads, head_dim});
-      const Tensor positions = positions_from(3, tokens);
-      Tensor expected = Tensor::zeros(DType::F32, {tokens, n_heads * head_dim});
-      Tensor got = Tensor::zeros(DType::F32, {tokens, n_heads * head_dim});
-      cpu::attention(pool, q, positions, cache.view, expected);
-      cpu::attention_tiled(pool, q, positions, cache.view, got, widen_f16);
-      // Both read the same stored (possibly bf16) values in fp32; the online softmax rescales
-      // partial sums per tile, a few ulps apart from the one-pass softmax.
-      EXPECT_LE(test::relative_error(values(got), values(expected)), 1e-5);
+  // GQA groups of 3; 40 = 2.5 zmm and one q8 scale per head row, 64 = two q8 groups of 32.
+  for (const int64_t head_dim : {40, 64})
+    for (DType dtype : {DType::F32, DType::BF16, DType::F16, DType::I8}) {
+      const int64_t n_heads = 6, n_kv_heads = 2;
+      for (const auto& [tokens, block_size] : {std::pair{97, 16}, {23, 5}, {1, 4}}) {
+        SCOPED_TRACE(std::string(dtype_name(dtype)) + " head_dim " + std::to_string(head_dim) +
+                     " tokens " + std::to_string(tokens) + " block " + std::to_string(block_size));
+        PagedCache cache(dtype, tokens + 3, n_kv_heads, head_dim, block_size);
+        // Three earlier positions already in the cache, then `tokens` new ones attending to them.
+        const Tensor k = random_matrix(tokens + 3, n_kv_heads * head_dim, 10)
+                             .reshaped({tokens + 3, n_kv_heads, head_dim});
+        const Tensor v = random_matrix(tokens + 3, n_kv_heads * head_dim, 11)
+                             .reshaped({tokens + 3, n_kv_heads, head_dim});
+        cpu::kv_store(k, v, positions_from(0, tokens + 3), cache.view);
+        const Tensor q = random_matrix(tokens, n_heads * head_dim, 12, 0.5f)
+                             .reshaped({tokens, n_heads, head_dim});
+        const Tensor positions = positions_from(3, tokens);
+        Tensor expected = Tensor::zeros(DType::F32, {tokens, n_heads * head_dim});
+        Tensor got = Tensor::zeros(DType::F32, {tokens, n_heads * head_dim});
+        cpu::attention(pool, q, positions, cache.view, expected);
+        cpu::attention_tiled(pool, q, positions, cache.view, got, widen_f16);
+        // Both read the same stored (possibly bf16 or q8) values in fp32; the online softmax
+        // rescales partial sums per tile, a few ulps apart from the one-pass softmax.
+        EXPECT_LE(test::relative_error(values(got), values(expected)), 1e-5);
+      }
     }
-  }
 }
 
 TEST(CpuKernels, Bf16KvCacheStoresRoundedValues) {
@@ -245,6 +253,33 @@ TEST(CpuKernels, F16KvCacheStoresRoundedValues) {
   const uint16_t* stored = cache.view.v_blocks.data_as<const uint16_t>() + (block * 4 + 2) * 8;
   for (int i = 0; i < 8; ++i) {
     EXPECT_EQ(stored[i], float_to_fp16(v.data_as<const float>()[6 * 8 + i])) << "element " << i;
+  }
+}
+
+// q8: per group of 32 (two groups of a 64-wide head), scale = max|x| / 127 and the int8 values
+// round x / scale to nearest; read back, every value is within half a step of what was stored.
+TEST(CpuKernels, Q8KvCacheStoresScaledInt8Values) {
+  constexpr int64_t kHeadDim = 64, kGroup = 32;
+  ASSERT_EQ(kv_q8_group(kHeadDim), kGroup);
+  PagedCache cache(DType::I8, 9, 2, kHeadDim, 4);
+  const Tensor k = random_matrix(9, 2 * kHeadDim, 17).reshaped({9, 2, kHeadDim});
+  const Tensor v = random_matrix(9, 2 * kHeadDim, 18).reshaped({9, 2, kHeadDim});
+  cpu::kv_store(k, v, positions_from(0, 9), cache.view);
+  const int32_t block = cache.view.block_table.data_as<const int32_t>()[1];
+  const int64_t slot = block * 4 + 2;                    // position 6
+  for (int64_t g = 0; g < 2 * kHeadDim / kGroup; ++g) {  // the token's 4 groups (2 heads)
+    const float* x = k.data_as<const float>() + 6 * 2 * kHeadDim + g * kGroup;
+    float max_abs = 0;
+    for (int64_t i = 0; i < kGroup; ++i)
+      max_abs = std::max(max_abs, std::fabs(x[i]));
+    const float scale = cache.view.k_scales.data_as<const float>()[slot * 4 + g];
+    EXPECT_EQ(scale, max_abs / 127.0f) << "group " << g;
+    const int8_t* q =
+        cache.view.k_blocks.data_as<const int8_t>() + slot * 2 * kHeadDim + g * kGroup;
+    for (int64_t i = 0; i < kGroup; ++i) {
+      EXPECT_EQ(q[i], int8_t(std::nearbyint(x[i] / scale))) << "group " << g << " element " << i;
+      EXPECT_LE(std::fabs(q[i] * scale - x[i]), 0.5f * scale * (1 + 1e-6f));
+    }
   }
 }
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/kv_q8.h"
 #include "core/error.h"
 
 namespace llamaq::cpu {
@@ -79,7 +80,18 @@ struct Job {
   WidenScalesKernel widen_f16;
 };
 
-void widen_tile(const Job& job, const void* src, int64_t count, float* dst) {
+// `count` values of a row at element `index` of a pool (keys: is_key) widened to f32.
+void widen_tile(const Job& job, bool is_key, int64_t index, int64_t count, float* dst) {
+  const Tensor& pool = is_key ? job.kv.k_blocks : job.kv.v_blocks;
+  if (job.dtype == DType::I8) {
+    const int64_t group = kv_q8_group(job.head_dim);
+    const Tensor& scales = is_key ? job.kv.k_scales : job.kv.v_scales;
+    dequantize_q8(pool.data_as<const int8_t>() + index,
+                  scales.data_as<const float>() + index / group, count, group, dst);
+    return;
+  }
+  const int64_t elem = job.dtype == DType::F32 ? 4 : 2;
+  const void* src = static_cast<const char*>(pool.data()) + index * elem;
   if (job.dtype == DType::F16) {
     job.widen_f16(static_cast<const uint16_t*>(src), count, 1.0f, dst);
   } else {
@@ -107,17 +119,14 @@ void attend_item(const Job& job, int64_t t, int64_t kv_head, std::vector<float>&
   const int32_t* table = job.kv.block_table.data_as<const int32_t>() +
                          (job.kv.block_table.rank() == 2 ? t * job.kv.block_table.dim(1) : 0);
   const int64_t visible = int64_t(job.pos[t]) + 1;
-  const int64_t elem = job.dtype == DType::F32 ? 4 : 2;
-  const auto* k_base = static_cast<const char*>(job.kv.k_blocks.data());
-  const auto* v_base = static_cast<const char*>(job.kv.v_blocks.data());
   for (int64_t p0 = 0; p0 < visible; p0 += bs) {
     const int64_t rows = std::min(bs, visible - p0);
     const int64_t block = table[p0 / bs];
     // Rows of this block and kv head are head_dim apart per slot times the kv heads.
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t offset = ((block * bs + r) * job.n_kv_heads + kv_head) * d * elem;
-      widen_tile(job, k_base + offset, d, keys + r * d);
-      widen_tile(job, v_base + offset, d, values + r * d);
+      const int64_t index = ((block * bs + r) * job.n_kv_heads + kv_head) * d;
+      widen_tile(job, /*is_key=*/true, index, d, keys + r * d);
+      widen_tile(job, /*is_key=*/false, index, d, values + r * d);
     }
     for (int64_t h = 0; h < g; ++h) {
       const float* qv = job.q + (t * job.n_heads + kv_head * g + h) * d;

@@ -21,7 +21,7 @@ class CpuBackend final : public Backend {
     if (!cpu::isa_supported(isa))
       fail("cpu backend: this CPU does not support {}", cpu::isa_name(isa));
     if (!cpu::kv_dtype_supported(kv_dtype_)) {
-      fail("cpu backend: a KV cache of {} is not supported (f32, bf16 or f16)",
+      fail("cpu backend: a KV cache of {} is not supported (f32, bf16, f16 or i8 for q8)",
            dtype_name(kv_dtype_));
     }
     if (isa != cpu::Isa::Reference) kernels_ = cpu::kernels_for(isa);

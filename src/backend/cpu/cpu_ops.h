@@ -19,11 +19,13 @@ void linear(ThreadPool& pool, const Tensor& x, const LinearWeight& w, Tensor& ou
 // Fails naming the shapes unless x is [n, in] and out [n, out] for w [out, in] (both linears).
 void check_linear_shapes(const Tensor& x, const LinearWeight& w, const Tensor& out);
 void rope(ThreadPool& pool, Tensor& x, const Tensor& positions, const Tensor& inv_freq);
-// KV caches the CPU ops read and write: f32, bf16 or f16 (kv_store rounds to nearest even).
+// KV caches the CPU ops read and write: f32, bf16 or f16 (kv_store rounds to nearest even), or i8
+// with group scales (q8, kv_q8.h).
 inline bool kv_dtype_supported(DType dtype) {
-  return dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16;
+  return dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16 || dtype == DType::I8;
 }
-// Fails naming the dtype unless keys and values are one supported dtype.
+// Fails naming the dtype unless keys and values are one supported dtype (and a q8 cache has its
+// scales).
 void check_kv_dtype(const KvLayerView& kv);
 void kv_store(const Tensor& k, const Tensor& v, const Tensor& positions, const KvLayerView& kv);
 void attention(ThreadPool& pool, const Tensor& q, const Tensor& positions, const KvLayerView& kv,

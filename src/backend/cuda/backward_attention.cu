@@ -212,29 +212,12 @@ void attention_backward(CudaContext& ctx, const Tensor& q, const Tensor& k, cons
                         const Tensor& out, const Tensor& d_out, Tensor& dq, Tensor& dk,
                         Tensor& dv) {
   const char* op = "attention_backward";
-  require_tensor(q, DType::F32, 3, op, "q");
-  require_tensor(k, DType::F32, 3, op, "k");
-  require_tensor(v, DType::F32, 3, op, "v");
+  require_attention_backward(q, k, v, d_out, dq, dk, dv, op);
   const int64_t n = q.dim(0), heads = q.dim(1), head_dim = q.dim(2), kv_heads = k.dim(1);
-  require(k.dim(0) == n && k.dim(2) == head_dim, op,
-          "k " + shape_to_string(k.shape()) + " does not fit q " + shape_to_string(q.shape()));
-  require_shape(v, k.shape(), op, "v");
-  require(kv_heads > 0 && heads % kv_heads == 0, op,
-          std::to_string(heads) + " query heads are not a multiple of " + std::to_string(kv_heads) +
-              " KV heads");
   require(head_dim >= 1 && head_dim <= kMaxHeadDim, op,
           "head_dim " + std::to_string(head_dim) + " is outside [1, 128]");
-  for (const auto& [t, name] :
-       {std::pair<const Tensor*, const char*>{&out, "out"}, {&d_out, "d_out"}}) {
-    require_tensor(*t, DType::F32, 2, op, name);
-    require_shape(*t, {n, heads * head_dim}, op, name);
-  }
-  require_tensor(dq, DType::F32, 3, op, "dq");
-  require_shape(dq, q.shape(), op, "dq");
-  require_tensor(dk, DType::F32, 3, op, "dk");
-  require_shape(dk, k.shape(), op, "dk");
-  require_tensor(dv, DType::F32, 3, op, "dv");
-  require_shape(dv, k.shape(), op, "dv");
+  require_tensor(out, DType::F32, 2, op, "out");
+  require_shape(out, {n, heads * head_dim}, op, "out");
   if (n == 0) return;
   checked_int(q.numel(), op, "q elements");
   Tensor lse = ctx.empty(DType::F32, {n, heads}, op);

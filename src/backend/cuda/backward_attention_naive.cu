@@ -150,24 +150,8 @@ void backward_of_kv_head(CudaContext& ctx, const NaiveShapes& z, int g, float sc
 
 void attention_backward_naive(CudaContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                               const Tensor& d_out, Tensor& dq, Tensor& dk, Tensor& dv) {
-  require_tensor(q, DType::F32, 3, kOp, "q");
-  require_tensor(k, DType::F32, 3, kOp, "k");
-  require_tensor(v, DType::F32, 3, kOp, "v");
+  require_attention_backward(q, k, v, d_out, dq, dk, dv, kOp);
   const int64_t n = q.dim(0), heads = q.dim(1), head_dim = q.dim(2), kv_heads = k.dim(1);
-  require(k.dim(0) == n && k.dim(2) == head_dim, kOp,
-          "k " + shape_to_string(k.shape()) + " does not fit q " + shape_to_string(q.shape()));
-  require_shape(v, k.shape(), kOp, "v");
-  require(kv_heads > 0 && heads % kv_heads == 0, kOp,
-          std::to_string(heads) + " query heads are not a multiple of " + std::to_string(kv_heads) +
-              " KV heads");
-  require_tensor(d_out, DType::F32, 2, kOp, "d_out");
-  require_shape(d_out, {n, heads * head_dim}, kOp, "d_out");
-  require_tensor(dq, DType::F32, 3, kOp, "dq");
-  require_shape(dq, q.shape(), kOp, "dq");
-  require_tensor(dk, DType::F32, 3, kOp, "dk");
-  require_shape(dk, k.shape(), kOp, "dk");
-  require_tensor(dv, DType::F32, 3, kOp, "dv");
-  require_shape(dv, k.shape(), kOp, "dv");
   if (n == 0) return;
   const int64_t group = heads / kv_heads;
   checked_int(q.numel(), kOp, "q elements");

@@ -149,20 +149,13 @@ __global__ void __launch_bounds__(kThreads) dense_gemv_kernel(GemvGroup g) {
 
 template <typename T, bool kSwiglu>
 void launch_for_type(const GemvGroup& g, int n, int blocks, cudaStream_t stream) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned(blocks));
-  config.blockDim = dim3(unsigned(kThreads));
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = device_has_pdl("linear") ? 1 : 0;
+  const PdlLaunchConfig config(dim3(unsigned(blocks)), dim3(unsigned(kThreads)), 0, stream,
+                               "linear");
   cudaError_t status = cudaSuccess;
   switch (n) {
-#define LLAMAQ_GEMV_CASE(N)                                                    \
-  case N:                                                                      \
-    status = cudaLaunchKernelEx(&config, dense_gemv_kernel<T, N, kSwiglu>, g); \
+#define LLAMAQ_GEMV_CASE(N)                                                         \
+  case N:                                                                           \
+    status = cudaLaunchKernelEx(config.get(), dense_gemv_kernel<T, N, kSwiglu>, g); \
     break;
     LLAMAQ_GEMV_CASE(1)
     LLAMAQ_GEMV_CASE(2)

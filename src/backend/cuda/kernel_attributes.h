@@ -40,4 +40,27 @@ inline bool device_has_pdl(const char* op) {
   return value == 1;
 }
 
+// A cudaLaunchKernelEx configuration with programmatic stream serialization where the device has
+// it (the kernel may then start before the previous one on the stream ends; see device_math.cuh).
+class PdlLaunchConfig {
+ public:
+  PdlLaunchConfig(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, const char* op) {
+    config_.gridDim = grid;
+    config_.blockDim = block;
+    config_.dynamicSmemBytes = shared_bytes;
+    config_.stream = stream;
+    attribute_[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute_[0].val.programmaticStreamSerializationAllowed = 1;
+    config_.attrs = attribute_;
+    config_.numAttrs = device_has_pdl(op) ? 1 : 0;
+  }
+  PdlLaunchConfig(const PdlLaunchConfig&) = delete;
+  PdlLaunchConfig& operator=(const PdlLaunchConfig&) = delete;
+  const cudaLaunchConfig_t* get() const { return &config_; }
+
+ private:
+  cudaLaunchConfig_t config_ = {};
+  cudaLaunchAttribute attribute_[1] = {};
+};
+
 }  // namespace llamaq::cuda

@@ -369,17 +369,9 @@ bool run(Dp4aGroup& g, const HalfTables& tables, const float* x, int multiproces
                                                      kTokens * size_t(g.cols / kChunkCols / 32));
   if (shared_bytes > size_t(kMaxSharedBytes)) return false;
   if (!launch_it) return true;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned(grid));
-  config.blockDim = dim3(unsigned(threads));
-  config.dynamicSmemBytes = shared_bytes;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = device_has_pdl("linear") ? 1 : 0;
-  check_cuda(cudaLaunchKernelEx(&config, kernel, g, tables, x), "linear",
+  const PdlLaunchConfig config(dim3(unsigned(grid)), dim3(unsigned(threads)), shared_bytes, stream,
+                               "linear");
+  check_cuda(cudaLaunchKernelEx(config.get(), kernel, g, tables, x), "linear",
              "cudaLaunchKernelEx(nf4_gemv_dp4a_kernel)");
   return true;
 }

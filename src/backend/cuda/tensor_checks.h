@@ -83,4 +83,29 @@ inline void require_kv_fits(const Tensor& k, const KvLayerView& kv, const char* 
               shape_to_string(kv.k_blocks.shape()));
 }
 
+// The tensors of an attention backward: q [n, H, D], k and v [n, Hkv, D] with H a multiple of
+// Hkv, d_out [n, H * D], and gradients of their inputs' shapes (all f32 on the device).
+inline void require_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor& d_out, const Tensor& dq, const Tensor& dk,
+                                       const Tensor& dv, const char* op) {
+  require_tensor(q, DType::F32, 3, op, "q");
+  require_tensor(k, DType::F32, 3, op, "k");
+  require_tensor(v, DType::F32, 3, op, "v");
+  const int64_t n = q.dim(0), heads = q.dim(1), head_dim = q.dim(2), kv_heads = k.dim(1);
+  require(k.dim(0) == n && k.dim(2) == head_dim, op,
+          "k " + shape_to_string(k.shape()) + " does not fit q " + shape_to_string(q.shape()));
+  require_shape(v, k.shape(), op, "v");
+  require(kv_heads > 0 && heads % kv_heads == 0, op,
+          std::to_string(heads) + " query heads are not a multiple of " + std::to_string(kv_heads) +
+              " KV heads");
+  require_tensor(d_out, DType::F32, 2, op, "d_out");
+  require_shape(d_out, {n, heads * head_dim}, op, "d_out");
+  require_tensor(dq, DType::F32, 3, op, "dq");
+  require_shape(dq, q.shape(), op, "dq");
+  require_tensor(dk, DType::F32, 3, op, "dk");
+  require_shape(dk, k.shape(), op, "dk");
+  require_tensor(dv, DType::F32, 3, op, "dv");
+  require_shape(dv, k.shape(), op, "dv");
+}
+
 }  // namespace llamaq::cuda
