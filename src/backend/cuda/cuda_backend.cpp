@@ -113,7 +113,7 @@ bool CudaBackend::try_nf4_group(const Tensor& x, std::span<const LinearWeight* c
 }
 
 bool CudaBackend::try_dense_group(const Tensor& x, std::span<const LinearWeight* const> ws,
-                                  std::span<Tensor* const> outs, bool swiglu) {
+                                  std::span<Tensor* const> outs, bool swiglu, bool accumulate) {
   if (ws.empty() || ws.size() > 3 || x.dtype() != DType::F32 || x.rank() != 2 ||
       x.dim(0) > kDenseGemvAutoMaxTokens) {
     return false;
@@ -125,7 +125,7 @@ bool CudaBackend::try_dense_group(const Tensor& x, std::span<const LinearWeight*
   }
   const std::span<const Tensor* const> group(dense, ws.size());
   if (!dense_gemv_group_supported(x, group, swiglu)) return false;
-  dense_gemv_group(ctx_, x, group, outs, swiglu, /*accumulate=*/false);
+  dense_gemv_group(ctx_, x, group, outs, swiglu, accumulate);
   return true;
 }
 
@@ -134,7 +134,7 @@ void CudaBackend::linear_group(const Tensor& x, std::span<const LinearWeight* co
                                std::span<Tensor* const> outs) {
   ctx_.activate("linear");
   if (ws.size() == outs.size() &&
-      (try_nf4_group(x, ws, outs, false, {}) || try_dense_group(x, ws, outs, false))) {
+      (try_nf4_group(x, ws, outs, false, {}) || try_dense_group(x, ws, outs, false, false))) {
     return;
   }
   Backend::linear_group(x, ws, outs);
@@ -145,7 +145,7 @@ void CudaBackend::linear_swiglu(const Tensor& x, const LinearWeight& wg, const L
   ctx_.activate("linear");
   const LinearWeight* ws[2] = {&wg, &wu};
   Tensor* out[1] = {&gate};
-  if (try_nf4_group(x, ws, out, true, {}) || try_dense_group(x, ws, out, true)) return;
+  if (try_nf4_group(x, ws, out, true, {}) || try_dense_group(x, ws, out, true, false)) return;
   Backend::linear_swiglu(x, wg, wu, gate, up);
 }
 
@@ -158,12 +158,8 @@ void CudaBackend::linear_add(const Tensor& x, const LinearWeight& w, Tensor& res
   Tensor* out[1] = {&residual};
   Dp4aOptions options;
   options.accumulate = true;
-  if (try_nf4_group(x, ws, out, false, options)) return;
-  if (!w.quantized() && x.dim(0) <= kDenseGemvAutoMaxTokens && x.dtype() == DType::F32 &&
-      x.rank() == 2 && dense_gemv_supported(x, w.weight)) {
-    require_tensor(residual, DType::F32, 2, "linear", "residual");
-    require_shape(residual, {x.dim(0), w.weight.dim(0)}, "linear", "residual");
-    dense_gemv(ctx_, x, w.weight, residual, /*accumulate=*/true);
+  if (try_nf4_group(x, ws, out, false, options) ||
+      try_dense_group(x, ws, out, false, /*accumulate=*/true)) {
     return;
   }
   Backend::linear_add(x, w, residual, scratch);

@@ -115,7 +115,7 @@ class CudaBackend final : public Backend {
   bool try_nf4_group(const Tensor& x, std::span<const LinearWeight* const> ws,
                      std::span<Tensor* const> outs, bool swiglu, const Dp4aOptions& options);
   bool try_dense_group(const Tensor& x, std::span<const LinearWeight* const> ws,
-                       std::span<Tensor* const> outs, bool swiglu);
+                       std::span<Tensor* const> outs, bool swiglu, bool accumulate);
   struct Nf4Upload {
     std::shared_ptr<const nf4::Nf4Weight> host;  // keeps the key's address from being reused
     std::shared_ptr<const nf4::Nf4Weight> device;

@@ -35,8 +35,8 @@ class CudaContext {
   int multiprocessors() const { return multiprocessors_; }
   DeviceStatus* device_status() const { return device_status_; }  // device view of the status
 
-  // Arrival counters for "the last block to finish does the rest" kernels (the split-KV combine,
-  // a norm after a GEMV): kArrivalCounters zeroed unsigned ints on the device. A kernel counts its
+  // Arrival counters for "the last block to finish does the rest" kernels (the split-KV merge):
+  // kArrivalCounters zeroed unsigned ints on the device. A kernel counts its
   // blocks on counters [0, count) and its last block sets them back to 0, so that the next kernel
   // on the stream (all run in stream order, graphs included) finds them zeroed. Null when more
   // than kArrivalCounters are asked for; callers then take their unfused path.

@@ -14,7 +14,7 @@ namespace llamaq::cuda {
 void embedding(CudaContext& ctx, const Tensor& table, const Tensor& ids, Tensor& out);
 void rmsnorm(CudaContext& ctx, const Tensor& x, const Tensor& weight, float eps, Tensor& out);
 void rope(CudaContext& ctx, Tensor& x, const Tensor& positions, const Tensor& inv_freq);
-// rope(q), rope(k) and kv_store(k, v) in one kernel (f32 cache).
+// rope(q), rope(k) and kv_store(k, v) in one kernel (f32 or bf16 cache).
 void rope_kv_store(CudaContext& ctx, Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions,
                    const Tensor& inv_freq, const KvLayerView& kv);
 void swiglu(CudaContext& ctx, const Tensor& gate, const Tensor& up, Tensor& out);
