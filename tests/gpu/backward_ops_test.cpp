@@ -32,6 +32,10 @@ using gpu_test::relative_error;
 
 constexpr double kFp32OpTolerance = 1e-6;
 constexpr double kAttentionTolerance = 2e-5;
+// The tensor-core backward rounds Q, K, V, dO, P and dS to bf16 (2^-9 relative each) and
+// accumulates in fp32; dS = P (dP - delta) subtracts nearly equal terms, which raises the
+// relative error of its small entries. Provisional bound (not yet measured on the GPU): 3e-2.
+constexpr double kBf16AttentionBackwardTolerance = 3e-2;
 constexpr double kFp32GemmTolerance = 1e-5;
 constexpr double kBf16OperandTolerance = 1e-2;
 const int64_t kTokenCounts[] = {1, 7, 97, 300};
@@ -145,23 +149,30 @@ TEST_F(CudaBackward, AttentionBackwardMatchesTheCpu) {
         cpu().attention_backward(q, k, v, out, d_out, dq, dk, dv);
         const Tensor q_gpu = gpu().upload(q), k_gpu = gpu().upload(k), v_gpu = gpu().upload(v);
         const Tensor d_out_gpu = gpu().upload(d_out);
-        for (const bool naive : {false, true}) {
+        enum class Kernel { Fp32, TensorCores, Naive };
+        for (const Kernel kernel : {Kernel::Fp32, Kernel::TensorCores, Kernel::Naive}) {
           Tensor gdq = gpu_test::poisoned(gpu(), q.shape()),
                  gdk = gpu_test::poisoned(gpu(), k.shape()),
                  gdv = gpu_test::poisoned(gpu(), v.shape());
-          if (naive) {
+          double bound = kAttentionTolerance;
+          if (kernel == Kernel::Naive) {
             cuda::attention_backward_naive(gpu().context(), q_gpu, k_gpu, v_gpu, d_out_gpu, gdq,
                                            gdk, gdv);
-          } else {
+          } else if (kernel == Kernel::TensorCores) {
+            // The backend's path for these head dims (bf16 operands).
             gpu().attention_backward(q_gpu, k_gpu, v_gpu, gpu().upload(out), d_out_gpu, gdq, gdk,
                                      gdv);
+            bound = kBf16AttentionBackwardTolerance;
+          } else {
+            cuda::attention_backward(gpu().context(), q_gpu, k_gpu, v_gpu, gpu().upload(out),
+                                     d_out_gpu, gdq, gdk, gdv);
           }
-          const std::string what =
-              fmt::format("{} D={} H={} Hkv={} n={}", naive ? "naive" : "flash", head_dim, heads.h,
-                          heads.kv, n);
-          expect_close(gdq, dq, kAttentionTolerance, "attention_backward dq " + what);
-          expect_close(gdk, dk, kAttentionTolerance, "attention_backward dk " + what);
-          expect_close(gdv, dv, kAttentionTolerance, "attention_backward dv " + what);
+          const char* names[] = {"fp32", "tensor cores", "naive"};
+          const std::string what = fmt::format("{} D={} H={} Hkv={} n={}", names[int(kernel)],
+                                               head_dim, heads.h, heads.kv, n);
+          expect_close(gdq, dq, bound, "attention_backward dq " + what);
+          expect_close(gdk, dk, bound, "attention_backward dk " + what);
+          expect_close(gdv, dv, bound, "attention_backward dv " + what);
         }
       }
     }

@@ -247,6 +247,8 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
   ctx_.activate("attention_backward");
   if (options_.attention == AttentionImpl::Naive) {
     cuda::attention_backward_naive(ctx_, q, k, v, d_out, dq, dk, dv);
+  } else if (q.rank() == 3 && cuda::attention_backward_mma_supported(q.dim(2))) {
+    cuda::attention_backward_mma(ctx_, q, k, v, d_out, dq, dk, dv);
   } else {
     cuda::attention_backward(ctx_, q, k, v, out, d_out, dq, dk, dv);
   }

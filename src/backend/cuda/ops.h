@@ -99,6 +99,17 @@ void rope_backward(CudaContext& ctx, Tensor& grad, const Tensor& positions, cons
 // and KV head accumulating dK/dV on chip, dQ by atomics).
 void attention_backward(CudaContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const Tensor& d_out, Tensor& dq, Tensor& dk, Tensor& dv);
+// backward_attention_mma.cu: the FlashAttention-2 backward on the tensor cores (bf16 operands,
+// fp32 accumulation), head dims 64 and 128.
+bool attention_backward_mma_supported(int64_t head_dim);
+void attention_backward_mma(CudaContext& ctx,
+                            const Tensor& q,      // [n, H, D] f32
+                            const Tensor& k,      // [n, Hkv, D] f32
+                            const Tensor& v,      // [n, Hkv, D] f32
+                            const Tensor& d_out,  // [n, H * D] f32
+                            Tensor& dq,           // [n, H, D] f32
+                            Tensor& dk,           // [n, Hkv, D] f32
+                            Tensor& dv);          // [n, Hkv, D] f32
 // backward_attention_naive.cu: the same gradients with the probabilities materialized per kv
 // head's query heads, through cuBLAS fp32 GEMMs (`--attn naive`).
 void attention_backward_naive(CudaContext& ctx,
