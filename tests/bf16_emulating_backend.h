@@ -106,15 +106,19 @@ class Bf16EmulatingBackend : public Backend {
                        Tensor& d_up) override {
     inner_->swiglu_backward(gate, up, ds, d_gate, d_up);
   }
-  void linear_backward_input(const Tensor& dy, const LinearWeight& w, Tensor& dx) override {
+  void linear_backward_input(const Tensor& dy, const LinearWeight& w, Tensor& dx,
+                             bool accumulate) override {
     const bool round = rounding_.gemm_inputs && bf16_gemm(w);
-    inner_->linear_backward_input(round ? rounded(dy) : dy, w, dx);
+    inner_->linear_backward_input(round ? rounded(dy) : dy, w, dx, accumulate);
   }
-  void matmul_tn(const Tensor& a, const Tensor& b, Tensor& c, bool accumulate) override {
-    inner_->matmul_tn(a, b, c, accumulate);
+  void matmul_tn(const Tensor& a, const Tensor& b, Tensor& c, const GemmUpdate& u) override {
+    inner_->matmul_tn(a, b, c, u);
   }
-  void matmul_nn(const Tensor& a, const Tensor& b, Tensor& c) override {
-    inner_->matmul_nn(a, b, c);
+  void matmul_nn(const Tensor& a, const Tensor& b, Tensor& c, const GemmUpdate& u) override {
+    inner_->matmul_nn(a, b, c, u);
+  }
+  void matmul_nt(const Tensor& a, const Tensor& b, Tensor& c, const GemmUpdate& u) override {
+    inner_->matmul_nt(a, b, c, u);
   }
   void scale(const Tensor& x, float s, Tensor& out) override { inner_->scale(x, s, out); }
   void multiply(const Tensor& x, const Tensor& y, Tensor& out) override {

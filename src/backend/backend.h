@@ -70,6 +70,12 @@ struct AdamWUpdate {
   double bias_correction2_sqrt = 1;  // sqrt(1 - beta2^t)
 };
 
+// How a GEMM writes its result c: c = alpha * product, plus the old c with `accumulate`.
+struct GemmUpdate {
+  float alpha = 1;
+  bool accumulate = false;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -220,20 +226,30 @@ class Backend {
                                Tensor& d_gate,      // [n, f] f32 (overwritten)
                                Tensor& d_up) = 0;   // [n, f] f32 (overwritten)
 
-  // dx = dy W for y = x W^T; W dense or NF4 (dequantized a slice at a time, never the model).
+  // dx = dy W (dx += dy W with `accumulate`) for y = x W^T; W dense or NF4 (dequantized a slice
+  // at a time, never the model).
   virtual void linear_backward_input(const Tensor& dy,       // [n, out] f32
                                      const LinearWeight& w,  // [out, in] (LoRA ignored)
-                                     Tensor& dx) = 0;        // [n, in] f32 (overwritten)
+                                     Tensor& dx,             // [n, in] f32
+                                     bool accumulate) = 0;
 
-  // c (+)= a^T b, all f32 (LoRA weight gradients).
+  // The f32 products of the LoRA branch, c = alpha * product (+ c with `accumulate`): the scaling
+  // and the sum into the base projection ride on the GEMM rather than separate passes.
+  // c (+)= alpha a^T b (the LoRA weight gradients).
   virtual void matmul_tn(const Tensor& a,  // [n, p] f32
                          const Tensor& b,  // [n, q] f32
                          Tensor& c,        // [p, q] f32
-                         bool accumulate) = 0;
-  // c = a b, all f32.
+                         const GemmUpdate& update) = 0;
+  // c (+)= alpha a b.
   virtual void matmul_nn(const Tensor& a,  // [n, p] f32
                          const Tensor& b,  // [p, q] f32
-                         Tensor& c) = 0;   // [n, q] f32 (overwritten)
+                         Tensor& c,        // [n, q] f32
+                         const GemmUpdate& update) = 0;
+  // c (+)= alpha a b^T (x A^T and the scaled (x A^T) B^T added to a projection's output).
+  virtual void matmul_nt(const Tensor& a,  // [n, p] f32
+                         const Tensor& b,  // [q, p] f32
+                         Tensor& c,        // [n, q] f32
+                         const GemmUpdate& update) = 0;
 
   virtual void scale(const Tensor& x,  // [...] f32
                      float s,

@@ -276,16 +276,22 @@ void ProfilingBackend::swiglu_backward(const Tensor& gate, const Tensor& up, con
         [&] { inner_->swiglu_backward(gate, up, ds, d_gate, d_up); });
 }
 
-void ProfilingBackend::linear_backward_input(const Tensor& dy, const LinearWeight& w, Tensor& dx) {
-  timed(linear_kind(w) + "_backward", dims(dy), [&] { inner_->linear_backward_input(dy, w, dx); });
+void ProfilingBackend::linear_backward_input(const Tensor& dy, const LinearWeight& w, Tensor& dx,
+                                             bool accumulate) {
+  timed(linear_kind(w) + "_backward", dims(dy),
+        [&] { inner_->linear_backward_input(dy, w, dx, accumulate); });
 }
 
-void ProfilingBackend::matmul_tn(const Tensor& a, const Tensor& b, Tensor& c, bool accumulate) {
-  timed("matmul_tn", dims(a) + " " + dims(b), [&] { inner_->matmul_tn(a, b, c, accumulate); });
+void ProfilingBackend::matmul_tn(const Tensor& a, const Tensor& b, Tensor& c, const GemmUpdate& u) {
+  timed("matmul_tn", dims(a) + " " + dims(b), [&] { inner_->matmul_tn(a, b, c, u); });
 }
 
-void ProfilingBackend::matmul_nn(const Tensor& a, const Tensor& b, Tensor& c) {
-  timed("matmul_nn", dims(a) + " " + dims(b), [&] { inner_->matmul_nn(a, b, c); });
+void ProfilingBackend::matmul_nn(const Tensor& a, const Tensor& b, Tensor& c, const GemmUpdate& u) {
+  timed("matmul_nn", dims(a) + " " + dims(b), [&] { inner_->matmul_nn(a, b, c, u); });
+}
+
+void ProfilingBackend::matmul_nt(const Tensor& a, const Tensor& b, Tensor& c, const GemmUpdate& u) {
+  timed("matmul_nt", dims(a) + " " + dims(b), [&] { inner_->matmul_nt(a, b, c, u); });
 }
 
 void ProfilingBackend::scale(const Tensor& x, float s, Tensor& out) {

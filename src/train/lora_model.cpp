@@ -196,7 +196,8 @@ Tensor multiplied(const Pass& s, const Tensor& x, const Tensor& mask) {
   return out;
 }
 
-// y = x W^T + scale (dropout(x) A^T) B^T; keeps dropout(x) A^T and the mask for backward.
+// y = x W^T + scale (dropout(x) A^T) B^T; keeps dropout(x) A^T and the mask for backward. The
+// scaled LoRA product is added by its GEMM (alpha = scale, beta = 1).
 void projection_forward(Pass& s, const LinearWeight& w, int lora, int projection, const Tensor& x,
                         Tensor& y, Tensor& low_rank, Tensor& mask) {
   s.b.linear(x, w, y);
@@ -204,36 +205,34 @@ void projection_forward(Pass& s, const LinearWeight& w, int lora, int projection
   const LoraParam& p = s.params[size_t(lora)];
   low_rank = s.f32({x.dim(0), p.a.dim(0)});
   if (s.dropout > 0) mask = dropout_mask(s, projection, x.shape());
-  s.b.linear(s.dropout > 0 ? multiplied(s, x, mask) : x, LinearWeight::dense(p.a), low_rank);
-  Tensor delta = s.f32({x.dim(0), p.b.dim(0)});
-  s.b.linear(low_rank, LinearWeight::dense(p.b), delta);
-  s.b.scale(delta, p.scale, delta);
+  s.b.matmul_nt(s.dropout > 0 ? multiplied(s, x, mask) : x, p.a, low_rank, {});
   Tensor y2 = y.reshaped({x.dim(0), p.b.dim(0)});
-  s.b.add_inplace(y2, delta);
+  s.b.matmul_nt(low_rank, p.b, y2, {p.scale, /*accumulate=*/true});
 }
 
-// dx = dy W + mask * (scale (dy B) A); dB += scale dy^T t; dA += scale (dy B)^T (mask * x),
-// with t = (mask * x) A^T (mask = 1 without dropout).
-Tensor projection_backward(Pass& s, const LinearWeight& w, int lora, const Tensor& x,
-                           const Tensor& low_rank, const Tensor& mask, const Tensor& dy) {
+// dx (+)= dy W + mask * (scale (dy B) A); dB += scale dy^T t; dA += (scale dy B)^T (mask * x),
+// with t = (mask * x) A^T (mask = 1 without dropout). `accumulate` adds to dx (the projections
+// that share an input) instead of overwriting it.
+void projection_backward(Pass& s, const LinearWeight& w, int lora, const Tensor& x,
+                         const Tensor& low_rank, const Tensor& mask, const Tensor& dy, Tensor& dx,
+                         bool accumulate) {
   const int64_t n = dy.dim(0);
-  Tensor dx = s.f32({n, w.in_features()});
-  s.b.linear_backward_input(dy, w, dx);
-  if (lora < 0) return dx;
+  s.b.linear_backward_input(dy, w, dx, accumulate);
+  if (lora < 0) return;
   LoraParam& p = s.params[size_t(lora)];
-  Tensor scaled_dy = s.f32(dy.shape());
-  s.b.scale(dy, p.scale, scaled_dy);
-  s.b.matmul_tn(scaled_dy, low_rank, p.grad_b, /*accumulate=*/true);
-  Tensor d_low = s.f32({n, p.b.dim(1)});
-  s.b.matmul_nn(scaled_dy, p.b, d_low);
-  scaled_dy = Tensor();  // [n, out] scratch back to the allocator before the next one
+  s.b.matmul_tn(dy, low_rank, p.grad_b, {p.scale, /*accumulate=*/true});
+  Tensor d_low = s.f32({n, p.b.dim(1)});  // scale dy B
+  s.b.matmul_nn(dy, p.b, d_low, {p.scale, /*accumulate=*/false});
   const bool dropped = !mask.empty();
-  s.b.matmul_tn(d_low, dropped ? multiplied(s, x, mask) : x, p.grad_a, /*accumulate=*/true);
+  s.b.matmul_tn(d_low, dropped ? multiplied(s, x, mask) : x, p.grad_a, {1.0f, true});
+  if (!dropped) {
+    s.b.matmul_nn(d_low, p.a, dx, {1.0f, /*accumulate=*/true});
+    return;
+  }
   Tensor dx_lora = s.f32({n, w.in_features()});
-  s.b.matmul_nn(d_low, p.a, dx_lora);
-  if (dropped) s.b.multiply(dx_lora, mask, dx_lora);
+  s.b.matmul_nn(d_low, p.a, dx_lora, {});
+  s.b.multiply(dx_lora, mask, dx_lora);
   s.b.add_inplace(dx, dx_lora);
-  return dx;
 }
 
 // Causal attention over this sequence's own keys, through the paged-cache op with blocks of one
@@ -287,30 +286,32 @@ Tensor layer_backward(Pass& s, const LayerWeights& w, const std::array<int, kPro
   const LlamaConfig& cfg = s.c;
   const int64_t n = x.dim(0);
   const float eps = float(cfg.rms_norm_eps);
-  Tensor ds =
-      projection_backward(s, w.down_proj, lora[kDown], c.s, c.low_rank[kDown], c.mask[kDown], dy);
+  Tensor ds = s.f32(c.s.shape());
+  projection_backward(s, w.down_proj, lora[kDown], c.s, c.low_rank[kDown], c.mask[kDown], dy, ds,
+                      false);
   Tensor d_gate = s.f32(c.gate.shape()), d_up = s.f32(c.up.shape());
   s.b.swiglu_backward(c.gate, c.up, ds, d_gate, d_up);
   ds = Tensor();
-  Tensor dm = projection_backward(s, w.gate_proj, lora[kGate], c.m, c.low_rank[kGate],
-                                  c.mask[kGate], d_gate);
-  s.b.add_inplace(
-      dm, projection_backward(s, w.up_proj, lora[kUp], c.m, c.low_rank[kUp], c.mask[kUp], d_up));
+  Tensor dm = s.f32({n, cfg.hidden_size});
+  projection_backward(s, w.gate_proj, lora[kGate], c.m, c.low_rank[kGate], c.mask[kGate], d_gate,
+                      dm, false);
+  projection_backward(s, w.up_proj, lora[kUp], c.m, c.low_rank[kUp], c.mask[kUp], d_up, dm, true);
   Tensor dh = s.f32({n, cfg.hidden_size});
   s.b.rmsnorm_backward(c.h, w.post_attention_norm, eps, dm, dh);
   s.b.add_inplace(dh, dy);
-  Tensor d_attn =
-      projection_backward(s, w.o_proj, lora[kO], c.attn, c.low_rank[kO], c.mask[kO], dh);
+  Tensor d_attn = s.f32(c.attn.shape());
+  projection_backward(s, w.o_proj, lora[kO], c.attn, c.low_rank[kO], c.mask[kO], dh, d_attn, false);
   Tensor dq = s.f32(c.q.shape()), dk = s.f32(c.k.shape()), dv = s.f32(c.v.shape());
   s.b.attention_backward(c.q, c.k, c.v, c.attn, d_attn, dq, dk, dv);
   s.b.rope_backward(dq, s.positions, s.inv_freq);
   s.b.rope_backward(dk, s.positions, s.inv_freq);
-  Tensor da = projection_backward(s, w.q_proj, lora[kQ], c.a, c.low_rank[kQ], c.mask[kQ],
-                                  dq.reshaped({n, cfg.q_dim()}));
-  s.b.add_inplace(da, projection_backward(s, w.k_proj, lora[kK], c.a, c.low_rank[kK], c.mask[kK],
-                                          dk.reshaped({n, cfg.kv_dim()})));
-  s.b.add_inplace(da, projection_backward(s, w.v_proj, lora[kV], c.a, c.low_rank[kV], c.mask[kV],
-                                          dv.reshaped({n, cfg.kv_dim()})));
+  Tensor da = s.f32(c.a.shape());
+  projection_backward(s, w.q_proj, lora[kQ], c.a, c.low_rank[kQ], c.mask[kQ],
+                      dq.reshaped({n, cfg.q_dim()}), da, false);
+  projection_backward(s, w.k_proj, lora[kK], c.a, c.low_rank[kK], c.mask[kK],
+                      dk.reshaped({n, cfg.kv_dim()}), da, true);
+  projection_backward(s, w.v_proj, lora[kV], c.a, c.low_rank[kV], c.mask[kV],
+                      dv.reshaped({n, cfg.kv_dim()}), da, true);
   Tensor dx = s.f32({n, cfg.hidden_size});
   s.b.rmsnorm_backward(x, w.input_norm, eps, da, dx);
   s.b.add_inplace(dx, dh);
@@ -357,7 +358,7 @@ double LoraTrainModel::head(const Tensor& x, std::span<const int32_t> labels, do
     b.cross_entropy(logits, targets.slice_rows(r0, rows), normalizer, row_losses);
     if (dx) {
       Tensor part = d_normed.slice_rows(r0, rows);
-      b.linear_backward_input(logits, base_.lm_head, part);
+      b.linear_backward_input(logits, base_.lm_head, part, false);
     }
   }
   if (dx) b.rmsnorm_backward(x, base_.final_norm, eps, d_normed, *dx);

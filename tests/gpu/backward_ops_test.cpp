@@ -215,33 +215,49 @@ TEST_F(CudaBackward, LinearBackwardInputMatchesTheCpu) {
     for (int64_t n : kTokenCounts) {
       const Tensor dy = random({n, 193});
       Tensor want = cpu().alloc(DType::F32, {n, 320});
-      cpu().linear_backward_input(dy, c.w, want);
+      cpu().linear_backward_input(dy, c.w, want, false);
       Tensor got = gpu_test::poisoned(gpu(), {n, 320});
-      gpu().linear_backward_input(gpu().upload(dy), device, got);
+      gpu().linear_backward_input(gpu().upload(dy), device, got, false);
       expect_close(got, want, c.bound, fmt::format("linear_backward_input {} n={}", c.name, n));
+      // Accumulating onto a second gradient (the projections that share an input).
+      const Tensor other = random({n, 320});
+      Tensor want_sum = Tensor::zeros(DType::F32, other.shape()), got_sum = gpu().upload(other);
+      std::copy_n(other.data_as<const float>(), other.numel(), want_sum.data_as<float>());
+      cpu().linear_backward_input(dy, c.w, want_sum, true);
+      gpu().linear_backward_input(gpu().upload(dy), device, got_sum, true);
+      expect_close(got_sum, want_sum, c.bound,
+                   fmt::format("linear_backward_input accumulate {} n={}", c.name, n));
     }
   }
 }
 
-TEST_F(CudaBackward, LoraGradientGemmsMatchTheCpu) {
+// The LoRA products (gradients, the up-projection added into the base output), overwriting and
+// accumulating with a scale.
+TEST_F(CudaBackward, LoraGemmsMatchTheCpu) {
   for (int64_t n : kTokenCounts) {
-    const Tensor a = random({n, 17}), b = random({n, 97});
-    Tensor c = random({17, 97});
-    Tensor gc = gpu().upload(c);
-    cpu().matmul_tn(a, b, c, /*accumulate=*/true);
-    gpu().matmul_tn(gpu().upload(a), gpu().upload(b), gc, /*accumulate=*/true);
-    expect_close(gc, c, kFp32GemmTolerance, fmt::format("matmul_tn accumulate n={}", n));
-    Tensor c2 = cpu().alloc(DType::F32, {17, 97});
-    Tensor gc2 = gpu_test::poisoned(gpu(), {17, 97});
-    cpu().matmul_tn(a, b, c2, /*accumulate=*/false);
-    gpu().matmul_tn(gpu().upload(a), gpu().upload(b), gc2, /*accumulate=*/false);
-    expect_close(gc2, c2, kFp32GemmTolerance, fmt::format("matmul_tn overwrite n={}", n));
-    const Tensor e = random({17, 97});
-    Tensor want = cpu().alloc(DType::F32, {n, 97});
-    cpu().matmul_nn(a, e, want);
-    Tensor got = gpu_test::poisoned(gpu(), {n, 97});
-    gpu().matmul_nn(gpu().upload(a), gpu().upload(e), got);
-    expect_close(got, want, kFp32GemmTolerance, fmt::format("matmul_nn n={}", n));
+    for (const GemmUpdate u : {GemmUpdate{1.0f, false}, GemmUpdate{0.5f, true}}) {
+      const std::string how = fmt::format("alpha={} accumulate={} n={}", u.alpha, u.accumulate, n);
+      auto check = [&](const char* name, const Tensor& a, const Tensor& b, Shape c_shape,
+                       auto&& cpu_op, auto&& gpu_op) {
+        Tensor want = random(c_shape);
+        Tensor got = u.accumulate ? gpu().upload(want) : gpu_test::poisoned(gpu(), c_shape);
+        cpu_op(a, b, want);
+        gpu_op(gpu().upload(a), gpu().upload(b), got);
+        expect_close(got, want, kFp32GemmTolerance, fmt::format("{} {}", name, how));
+      };
+      check(
+          "matmul_tn", random({n, 17}), random({n, 97}), {17, 97},
+          [&](auto& a, auto& b, auto& c) { cpu().matmul_tn(a, b, c, u); },
+          [&](auto a, auto b, auto& c) { gpu().matmul_tn(a, b, c, u); });
+      check(
+          "matmul_nn", random({n, 17}), random({17, 97}), {n, 97},
+          [&](auto& a, auto& b, auto& c) { cpu().matmul_nn(a, b, c, u); },
+          [&](auto a, auto b, auto& c) { gpu().matmul_nn(a, b, c, u); });
+      check(
+          "matmul_nt", random({n, 97}), random({17, 97}), {n, 17},
+          [&](auto& a, auto& b, auto& c) { cpu().matmul_nt(a, b, c, u); },
+          [&](auto a, auto b, auto& c) { gpu().matmul_nt(a, b, c, u); });
+    }
   }
 }
 

@@ -83,7 +83,8 @@ void attention_backward(ThreadPool& pool, const Tensor& q, const Tensor& k, cons
             max_score = std::max(max_score, p[size_t(s)]);
           }
           double sum = 0;
-          for (int64_t s = 0; s <= t; ++s) sum += p[size_t(s)] = std::exp(p[size_t(s)] - max_score);
+          for (int64_t s = 0; s <= t; ++s)
+            sum += p[size_t(s)] = std::exp(p[size_t(s)] - max_score);
           double p_dot_dp = 0;
           for (int64_t s = 0; s <= t; ++s) {
             p[size_t(s)] = float(p[size_t(s)] / sum);
@@ -128,11 +129,12 @@ void swiglu_backward(ThreadPool& pool, const Tensor& gate, const Tensor& up, con
       4096);
 }
 
-void linear_backward_input(ThreadPool& pool, const Tensor& dy, const LinearWeight& w, Tensor& dx) {
+void linear_backward_input(ThreadPool& pool, const Tensor& dy, const LinearWeight& w, Tensor& dx,
+                           bool accumulate) {
   const int64_t n = dy.dim(0), out = w.out_features(), in = w.in_features();
   const float* g = dy.data_as<const float>();
   float* d = dx.data_as<float>();
-  std::fill_n(d, dx.numel(), 0.0f);
+  if (!accumulate) std::fill_n(d, dx.numel(), 0.0f);
   // Each thread owns a band of input columns; weight rows are widened four at a time.
   constexpr int64_t kRows = 4;
   pool.parallel_for(
@@ -144,14 +146,16 @@ void linear_backward_input(ThreadPool& pool, const Tensor& dy, const LinearWeigh
           if (w.nf4) {
             nf4::dequantize_rows(*w.nf4, j0, count, rows.data());
           } else {
-            for (int64_t r = 0; r < count; ++r) load_row_f32(w.weight, j0 + r, &rows[size_t(r * in)]);
+            for (int64_t r = 0; r < count; ++r)
+              load_row_f32(w.weight, j0 + r, &rows[size_t(r * in)]);
           }
           for (int64_t t = 0; t < n; ++t) {
             float* dxt = d + t * in;
             for (int64_t r = 0; r < count; ++r) {
               const float coef = g[t * out + j0 + r];
               const float* wr = &rows[size_t(r * in)];
-              for (int64_t i = col_begin; i < col_end; ++i) dxt[i] += coef * wr[i];
+              for (int64_t i = col_begin; i < col_end; ++i)
+                dxt[i] += coef * wr[i];
             }
           }
         }
@@ -159,37 +163,65 @@ void linear_backward_input(ThreadPool& pool, const Tensor& dy, const LinearWeigh
       64);
 }
 
-void matmul_tn(ThreadPool& pool, const Tensor& a, const Tensor& b, Tensor& c, bool accumulate) {
+void matmul_tn(ThreadPool& pool, const Tensor& a, const Tensor& b, Tensor& c,
+               const GemmUpdate& update) {
   const int64_t n = a.dim(0), p = a.dim(1), q = b.dim(1);
   const float* as = a.data_as<const float>();
   const float* bs = b.data_as<const float>();
   float* cs = c.data_as<float>();
   pool.parallel_for(p, [&](int64_t begin, int64_t end) {
+    std::vector<float> sum(static_cast<size_t>(q));
     for (int64_t i = begin; i < end; ++i) {
-      float* row = cs + i * q;
-      if (!accumulate) std::fill_n(row, q, 0.0f);
+      std::fill(sum.begin(), sum.end(), 0.0f);
       for (int64_t t = 0; t < n; ++t) {
         const float coef = as[t * p + i];
         const float* br = bs + t * q;
-        for (int64_t j = 0; j < q; ++j) row[j] += coef * br[j];
+        for (int64_t j = 0; j < q; ++j)
+          sum[size_t(j)] += coef * br[j];
       }
+      float* row = cs + i * q;
+      for (int64_t j = 0; j < q; ++j)
+        row[j] = update.alpha * sum[size_t(j)] + (update.accumulate ? row[j] : 0.0f);
     }
   });
 }
 
-void matmul_nn(ThreadPool& pool, const Tensor& a, const Tensor& b, Tensor& c) {
+void matmul_nn(ThreadPool& pool, const Tensor& a, const Tensor& b, Tensor& c,
+               const GemmUpdate& update) {
   const int64_t n = a.dim(0), p = a.dim(1), q = b.dim(1);
   const float* as = a.data_as<const float>();
   const float* bs = b.data_as<const float>();
   float* cs = c.data_as<float>();
   pool.parallel_for(n, [&](int64_t begin, int64_t end) {
+    std::vector<float> sum(static_cast<size_t>(q));
     for (int64_t t = begin; t < end; ++t) {
-      float* row = cs + t * q;
-      std::fill_n(row, q, 0.0f);
+      std::fill(sum.begin(), sum.end(), 0.0f);
       for (int64_t i = 0; i < p; ++i) {
         const float coef = as[t * p + i];
         const float* br = bs + i * q;
-        for (int64_t j = 0; j < q; ++j) row[j] += coef * br[j];
+        for (int64_t j = 0; j < q; ++j)
+          sum[size_t(j)] += coef * br[j];
+      }
+      float* row = cs + t * q;
+      for (int64_t j = 0; j < q; ++j)
+        row[j] = update.alpha * sum[size_t(j)] + (update.accumulate ? row[j] : 0.0f);
+    }
+  });
+}
+
+void matmul_nt(ThreadPool& pool, const Tensor& a, const Tensor& b, Tensor& c,
+               const GemmUpdate& update) {
+  const int64_t n = a.dim(0), p = a.dim(1), q = b.dim(0);
+  const float* as = a.data_as<const float>();
+  const float* bs = b.data_as<const float>();
+  float* cs = c.data_as<float>();
+  pool.parallel_for(n, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* ar = as + t * p;
+      float* row = cs + t * q;
+      for (int64_t j = 0; j < q; ++j) {  // the reference linear's dot product
+        const float sum = dot_f32(ar, bs + j * p, p);
+        row[j] = update.alpha * sum + (update.accumulate ? row[j] : 0.0f);
       }
     }
   });

@@ -92,14 +92,18 @@ class CpuBackend final : public Backend {
                        Tensor& d_up) override {
     cpu::swiglu_backward(pool_, gate, up, ds, d_gate, d_up);
   }
-  void linear_backward_input(const Tensor& dy, const LinearWeight& w, Tensor& dx) override {
-    cpu::linear_backward_input(pool_, dy, w, dx);
+  void linear_backward_input(const Tensor& dy, const LinearWeight& w, Tensor& dx,
+                             bool accumulate) override {
+    cpu::linear_backward_input(pool_, dy, w, dx, accumulate);
   }
-  void matmul_tn(const Tensor& a, const Tensor& b, Tensor& c, bool accumulate) override {
-    cpu::matmul_tn(pool_, a, b, c, accumulate);
+  void matmul_tn(const Tensor& a, const Tensor& b, Tensor& c, const GemmUpdate& u) override {
+    cpu::matmul_tn(pool_, a, b, c, u);
   }
-  void matmul_nn(const Tensor& a, const Tensor& b, Tensor& c) override {
-    cpu::matmul_nn(pool_, a, b, c);
+  void matmul_nn(const Tensor& a, const Tensor& b, Tensor& c, const GemmUpdate& u) override {
+    cpu::matmul_nn(pool_, a, b, c, u);
+  }
+  void matmul_nt(const Tensor& a, const Tensor& b, Tensor& c, const GemmUpdate& u) override {
+    cpu::matmul_nt(pool_, a, b, c, u);
   }
   void scale(const Tensor& x, float s, Tensor& out) override { cpu::scale(x, s, out); }
   void multiply(const Tensor& x, const Tensor& y, Tensor& out) override {

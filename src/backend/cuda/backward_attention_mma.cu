@@ -1,23 +1,28 @@
 // Causal GQA attention backward for one contiguous sequence (key t is token t) on the tensor
 // cores, FlashAttention-2 style: bf16 mma.sync with fp32 accumulation, the probabilities
-// recomputed tile by tile and never stored whole, no atomics. Three kernels, each a block of 4
-// warps over 64 rows of its outer dimension (16 per warp), the inner dimension streaming through
-// shared memory as bf16 tiles rounded from the f32 inputs:
+// recomputed tile by tile and never stored whole, no atomics. Q, K, V and dO are rounded to bf16
+// once (convert_activations); then three kernels, each a block of 4 warps over 64 rows of its
+// outer dimension (16 per warp), the inner dimension streaming through shared memory in tiles of
+// 32 rows, double-buffered with cp.async (the next tile loads while this one is computed):
 //  1. stats_kernel (outer: queries of a head; inner: keys): S = Q K^T and dP = dO V^T per tile,
 //     an online softmax that also carries sum_j exp(s_j - m) dP_j, giving per query row
 //     lse = m + log(l) and delta = sum_j P_j dP_j (from P and dP, as the CPU reference and the
 //     fp32 kernel compute it; see backward_attention.cu for why not rowsum(dO * O)).
-//  2. dkdv_kernel (outer: keys of a kv head; inner: queries at or after them, for every query head
-//     of the group): S^T = K Q^T and dP^T = V dO^T, so that P^T and dS^T come out in the
-//     accumulator layout and feed dV += P^T dO and dK += dS^T Q as A operands.
+//  2. dkdv_kernel (outer: keys of a kv head; inner: the queries of one query head at or after
+//     them): S^T = K Q^T and dP^T = V dO^T, so that P^T and dS^T come out in the accumulator
+//     layout and feed dV += P^T dO and dK += dS^T Q as A operands. With GQA each query head
+//     writes its own partial dK/dV and reduce_group_kernel sums the group's: a block per query
+//     head rather than per kv head gives group times more blocks to balance the causal triangle.
 //  3. dq_kernel (outer: queries of a head; inner: keys up to them): S, P, dP and dS again, and
 //     dQ += dS K.
+// All grids run their longest blocks (the most inner tiles) first.
 // Per (query, key) pair this is 5 matrix products of head_dim (2 in stats, 4 in dkdv, 3 in dq:
 // 9 in all, against 5 for a backward that stores P); no S x S matrix exists.
 //
 // Numerics: Q, K, V, dO, P and dS are rounded to bf16 (2^-9 relative each) with fp32
 // accumulation, as the tensor-core forward does; the fp32 kernel in backward_attention.cu stays
 // for head dims other than 64 and 128.
+#include <algorithm>
 #include <cmath>
 
 #include "backend/cuda/cuda_check.h"
@@ -35,15 +40,15 @@ constexpr int kOuter = kWarps * 16;  // outer rows per block
 constexpr int kInner = 32;           // inner rows per tile
 
 struct MmaBackwardParams {
-  const float* q;      // [n, H, D] f32
-  const float* k;      // [n, Hkv, D] f32
-  const float* v;      // [n, Hkv, D] f32
-  const float* d_out;  // [n, H, D] f32
-  float* dq;           // [n, H, D] f32
-  float* dk;           // [n, Hkv, D] f32
-  float* dv;           // [n, Hkv, D] f32
-  float* lse;          // [H, n] f32: natural log-sum-exp of each query row's scaled scores
-  float* delta;        // [H, n] f32: sum_j P_j dP_j
+  const __nv_bfloat16* q;      // [n, H, D] bf16
+  const __nv_bfloat16* k;      // [n, Hkv, D] bf16
+  const __nv_bfloat16* v;      // [n, Hkv, D] bf16
+  const __nv_bfloat16* d_out;  // [n, H, D] bf16
+  float* dq;                   // [n, H, D] f32
+  float* dk_part;  // [n, H, D] f32: each query head's share of dK (dK itself if H = Hkv)
+  float* dv_part;  // [n, H, D] f32: the same for dV
+  float* lse;      // [H, n] f32: natural log-sum-exp of each query row's scaled scores
+  float* delta;    // [H, n] f32: sum_j P_j dP_j
   int n;
   int heads;
   int kv_heads;
@@ -56,22 +61,20 @@ struct Tile {
   static constexpr int kStride = D + 8;  // bf16 per shared row: 16-byte rows on distinct banks
 };
 
-// Rows [row0, row0 + rows) of head `head` of an [n, heads, D] f32 tensor into a shared bf16 tile
-// [rows][D + 8] (zeros past n).
+// Starts copying rows [row0, row0 + rows) of head `head` of an [n, heads, D] bf16 tensor into a
+// shared tile [rows][D + 8] (zeros past n, stored directly); complete after cp_async_wait and a
+// barrier. The caller commits the group.
 template <int D>
-__device__ void load_tile(const float* src, int row0, int rows, int n, int heads, int head,
-                          __nv_bfloat16* tile) {
+__device__ void load_tile_async(const __nv_bfloat16* src, int row0, int rows, int n, int heads,
+                                int head, __nv_bfloat16* tile) {
   for (int e = threadIdx.x; e < rows * D / 8; e += kThreads) {
     const int r = e / (D / 8), c = 8 * (e % (D / 8));
-    uint4 packed = make_uint4(0, 0, 0, 0);
+    __nv_bfloat16* dst = tile + r * Tile<D>::kStride + c;
     if (row0 + r < n) {
-      const float4* s =
-          reinterpret_cast<const float4*>(src + (int64_t(row0 + r) * heads + head) * D + c);
-      const float4 a = s[0], b = s[1];
-      packed = make_uint4(pack_bf16x2(a.x, a.y), pack_bf16x2(a.z, a.w), pack_bf16x2(b.x, b.y),
-                          pack_bf16x2(b.z, b.w));
+      cp_async_16(dst, src + (int64_t(row0 + r) * heads + head) * D + c);
+    } else {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
     }
-    *reinterpret_cast<uint4*>(tile + r * Tile<D>::kStride + c) = packed;
   }
 }
 
@@ -161,36 +164,72 @@ __device__ __forceinline__ float quad_max(float v) {
 }
 
 template <int D>
-struct Shared {  // bf16 tiles of one block
+struct Shared {  // bf16 tiles of one block: two outer tiles, two inner tiles per stage
   static constexpr int kOuterTile = kOuter * Tile<D>::kStride;
   static constexpr int kInnerTile = kInner * Tile<D>::kStride;
-  static constexpr size_t kBytes = size_t(2 * kOuterTile + 2 * kInnerTile) * 2 + 2 * kInner * 4;
+  static constexpr int kStageElements = 2 * kInnerTile;
+  static constexpr size_t kBytes =
+      size_t(2 * kOuterTile + 2 * kStageElements) * 2 + 2 * 2 * kInner * sizeof(float);
 };
 
-// 1. lse and delta of the queries [q0, q0 + 64) of head `head`.
+// The block's two outer tiles and the two-stage ring of inner tile pairs in shared memory.
 template <int D>
-__global__ void __launch_bounds__(kThreads) stats_kernel(MmaBackwardParams p) {
+struct BlockTiles {
+  __nv_bfloat16* outer_a;  // [kOuter][D + 8]
+  __nv_bfloat16* outer_b;  // [kOuter][D + 8]
+  __nv_bfloat16* inner;    // [2 stages][2][kInner][D + 8]
+  float* row_stats;        // [2 stages][2][kInner]: lse and delta of inner query rows (dkdv)
+
+  __device__ explicit BlockTiles(uint4* raw) {
+    using S = Shared<D>;
+    outer_a = reinterpret_cast<__nv_bfloat16*>(raw);
+    outer_b = outer_a + S::kOuterTile;
+    inner = outer_b + S::kOuterTile;
+    row_stats = reinterpret_cast<float*>(inner + 2 * S::kStageElements);
+  }
+  __device__ __nv_bfloat16* inner_a(int stage) const {
+    return inner + stage * Shared<D>::kStageElements;
+  }
+  __device__ __nv_bfloat16* inner_b(int stage) const {
+    return inner_a(stage) + Shared<D>::kInnerTile;
+  }
+};
+
+// Waits for the tile of this iteration: one more group (the next tile) may stay in flight.
+__device__ __forceinline__ void wait_for_tile(bool next_in_flight) {
+  if (next_in_flight) {
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+
+// 1. lse and delta of the queries [q0, q0 + 64) of head `blockIdx.x`.
+template <int D>
+__global__ void __launch_bounds__(kThreads, 2) stats_kernel(MmaBackwardParams p) {
   extern __shared__ uint4 shared_raw[];
-  using S = Shared<D>;
-  auto* q_tile = reinterpret_cast<__nv_bfloat16*>(shared_raw);
-  __nv_bfloat16* do_tile = q_tile + S::kOuterTile;
-  __nv_bfloat16* k_tile = do_tile + S::kOuterTile;
-  __nv_bfloat16* v_tile = k_tile + S::kInnerTile;
-  // The longest (latest) query tiles first.
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * kOuter, head = blockIdx.y, kv_head = head / p.group;
-  const int warp_row0 = (threadIdx.x / 32) * 16;
-  load_tile<D>(p.q, q0, kOuter, p.n, p.heads, head, q_tile);
-  load_tile<D>(p.d_out, q0, kOuter, p.n, p.heads, head, do_tile);
+  const BlockTiles<D> t(shared_raw);
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * kOuter, head = blockIdx.x;
+  const int kv_head = head / p.group, warp_row0 = (threadIdx.x / 32) * 16;
+  load_tile_async<D>(p.q, q0, kOuter, p.n, p.heads, head, t.outer_a);
+  load_tile_async<D>(p.d_out, q0, kOuter, p.n, p.heads, head, t.outer_b);
+  load_tile_async<D>(p.k, 0, kInner, p.n, p.kv_heads, kv_head, t.inner_a(0));
+  load_tile_async<D>(p.v, 0, kInner, p.n, p.kv_heads, kv_head, t.inner_b(0));
+  cp_async_commit();
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, acc[2] = {0.0f, 0.0f};
-  const int last_key = min(p.n, q0 + kOuter) - 1;
-  for (int k0 = 0; k0 <= last_key; k0 += kInner) {
-    __syncthreads();  // the previous tile is used up (and the Q/dO tiles are stored)
-    load_tile<D>(p.k, k0, kInner, p.n, p.kv_heads, kv_head, k_tile);
-    load_tile<D>(p.v, k0, kInner, p.n, p.kv_heads, kv_head, v_tile);
-    __syncthreads();
+  const int tiles = (min(p.n, q0 + kOuter) + kInner - 1) / kInner;
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int k0 = tile * kInner, stage = tile & 1;
+    if (tile + 1 < tiles) {
+      load_tile_async<D>(p.k, k0 + kInner, kInner, p.n, p.kv_heads, kv_head, t.inner_a(stage ^ 1));
+      load_tile_async<D>(p.v, k0 + kInner, kInner, p.n, p.kv_heads, kv_head, t.inner_b(stage ^ 1));
+      cp_async_commit();
+    }
+    wait_for_tile(tile + 1 < tiles);
     float s[kInner / 8][4], dp[kInner / 8][4];
-    rows_times_rows<D>(q_tile, warp_row0, k_tile, s);
-    rows_times_rows<D>(do_tile, warp_row0, v_tile, dp);
+    rows_times_rows<D>(t.outer_a, warp_row0, t.inner_a(stage), s);
+    rows_times_rows<D>(t.outer_b, warp_row0, t.inner_b(stage), dp);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int query = q0 + warp_row0 + acc_row(2 * r);
@@ -220,6 +259,7 @@ __global__ void __launch_bounds__(kThreads) stats_kernel(MmaBackwardParams p) {
       acc[r] = acc[r] * alpha + tile_acc;
       m[r] = m_new;
     }
+    __syncthreads();  // this stage is used up before the next iteration refills it
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -232,77 +272,111 @@ __global__ void __launch_bounds__(kThreads) stats_kernel(MmaBackwardParams p) {
   }
 }
 
-// 2. dK and dV of the keys [k0, k0 + 64) of kv head `blockIdx.y`.
+// Queries [q0, q0 + kInner) of head h into a dkdv stage: Q, dO (async) and their lse and delta.
 template <int D>
-__global__ void __launch_bounds__(kThreads) dkdv_kernel(MmaBackwardParams p) {
+__device__ void load_query_tile(const MmaBackwardParams& p, const BlockTiles<D>& t, int q0, int h,
+                                int stage) {
+  load_tile_async<D>(p.q, q0, kInner, p.n, p.heads, h, t.inner_a(stage));
+  load_tile_async<D>(p.d_out, q0, kInner, p.n, p.heads, h, t.inner_b(stage));
+  float* lse = t.row_stats + stage * 2 * kInner;
+  for (int i = threadIdx.x; i < kInner; i += kThreads) {
+    const bool valid = q0 + i < p.n;
+    lse[i] = valid ? p.lse[int64_t(h) * p.n + q0 + i] : INFINITY;  // P = 0 past n
+    lse[kInner + i] = valid ? p.delta[int64_t(h) * p.n + q0 + i] : 0.0f;
+  }
+}
+
+// 2. Query head blockIdx.x's share of dK and dV of the keys [k0, k0 + 64) of its kv head.
+template <int D>
+__global__ void __launch_bounds__(kThreads, 2) dkdv_kernel(MmaBackwardParams p) {
   extern __shared__ uint4 shared_raw[];
-  using S = Shared<D>;
-  auto* k_tile = reinterpret_cast<__nv_bfloat16*>(shared_raw);
-  __nv_bfloat16* v_tile = k_tile + S::kOuterTile;
-  __nv_bfloat16* q_tile = v_tile + S::kOuterTile;
-  __nv_bfloat16* do_tile = q_tile + S::kInnerTile;
-  auto* lse_s = reinterpret_cast<float*>(do_tile + S::kInnerTile);
-  float* delta_s = lse_s + kInner;
-  const int k0 = blockIdx.x * kOuter, kv_head = blockIdx.y;  // the longest (earliest) first
+  const BlockTiles<D> t(shared_raw);
+  const int k0 = blockIdx.y * kOuter, h = blockIdx.x, kv_head = h / p.group;
   const int warp_row0 = (threadIdx.x / 32) * 16;
-  load_tile<D>(p.k, k0, kOuter, p.n, p.kv_heads, kv_head, k_tile);
-  load_tile<D>(p.v, k0, kOuter, p.n, p.kv_heads, kv_head, v_tile);
+  load_tile_async<D>(p.k, k0, kOuter, p.n, p.kv_heads, kv_head, t.outer_a);
+  load_tile_async<D>(p.v, k0, kOuter, p.n, p.kv_heads, kv_head, t.outer_b);
+  const int first = k0 / kInner, tiles = (p.n + kInner - 1) / kInner;
+  load_query_tile<D>(p, t, first * kInner, h, 0);
+  cp_async_commit();
   float dk[D / 8][4] = {}, dv[D / 8][4] = {};
-  for (int h = kv_head * p.group; h < (kv_head + 1) * p.group; ++h) {
-    for (int q0 = k0 / kInner * kInner; q0 < p.n; q0 += kInner) {
-      __syncthreads();  // the previous tile is used up (and the K/V tiles are stored)
-      load_tile<D>(p.q, q0, kInner, p.n, p.heads, h, q_tile);
-      load_tile<D>(p.d_out, q0, kInner, p.n, p.heads, h, do_tile);
-      for (int i = threadIdx.x; i < kInner; i += kThreads) {
-        const bool valid = q0 + i < p.n;
-        lse_s[i] = valid ? p.lse[int64_t(h) * p.n + q0 + i] : INFINITY;  // P = 0 past n
-        delta_s[i] = valid ? p.delta[int64_t(h) * p.n + q0 + i] : 0.0f;
-      }
-      __syncthreads();
-      float st[kInner / 8][4], dpt[kInner / 8][4];
-      rows_times_rows<D>(k_tile, warp_row0, q_tile, st);    // S^T = K Q^T
-      rows_times_rows<D>(v_tile, warp_row0, do_tile, dpt);  // dP^T = V dO^T
-#pragma unroll
-      for (int j = 0; j < kInner / 8; ++j)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int key = k0 + warp_row0 + acc_row(i), col = acc_col(j, i);
-          const int query = q0 + col;
-          const float prob = query >= key ? expf(st[j][i] * p.scale - lse_s[col]) : 0.0f;
-          st[j][i] = prob;                                          // P^T
-          dpt[j][i] = prob * (dpt[j][i] - delta_s[col]) * p.scale;  // dS^T
-        }
-      acc_times_rows<D>(st, do_tile, dv);  // dV += P^T dO
-      acc_times_rows<D>(dpt, q_tile, dk);  // dK += dS^T Q
+  for (int tile = first; tile < tiles; ++tile) {
+    const int q0 = tile * kInner, stage = (tile - first) & 1;
+    if (tile + 1 < tiles) {
+      load_query_tile<D>(p, t, q0 + kInner, h, stage ^ 1);
+      cp_async_commit();
     }
+    wait_for_tile(tile + 1 < tiles);
+    const __nv_bfloat16* q_tile = t.inner_a(stage);
+    const __nv_bfloat16* do_tile = t.inner_b(stage);
+    const float* lse_s = t.row_stats + stage * 2 * kInner;
+    const float* delta_s = lse_s + kInner;
+    float st[kInner / 8][4], dpt[kInner / 8][4];
+    rows_times_rows<D>(t.outer_a, warp_row0, q_tile, st);    // S^T = K Q^T
+    rows_times_rows<D>(t.outer_b, warp_row0, do_tile, dpt);  // dP^T = V dO^T
+#pragma unroll
+    for (int j = 0; j < kInner / 8; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int key = k0 + warp_row0 + acc_row(i), col = acc_col(j, i);
+        const int query = q0 + col;
+        const float prob = query >= key ? expf(st[j][i] * p.scale - lse_s[col]) : 0.0f;
+        st[j][i] = prob;                                          // P^T
+        dpt[j][i] = prob * (dpt[j][i] - delta_s[col]) * p.scale;  // dS^T
+      }
+    acc_times_rows<D>(st, do_tile, dv);  // dV += P^T dO
+    acc_times_rows<D>(dpt, q_tile, dk);  // dK += dS^T Q
+    __syncthreads();  // this stage is used up before the next iteration refills it
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int key = k0 + warp_row0 + acc_row(2 * r);
     if (key >= p.n) continue;
-    const int64_t row = (int64_t(key) * p.kv_heads + kv_head) * D + 2 * (threadIdx.x % 4);
+    const int64_t row = (int64_t(key) * p.heads + h) * D + 2 * (threadIdx.x % 4);
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
-      *reinterpret_cast<float2*>(p.dk + row + 8 * j) = make_float2(dk[j][2 * r], dk[j][2 * r + 1]);
-      *reinterpret_cast<float2*>(p.dv + row + 8 * j) = make_float2(dv[j][2 * r], dv[j][2 * r + 1]);
+      *reinterpret_cast<float2*>(p.dk_part + row + 8 * j) =
+          make_float2(dk[j][2 * r], dk[j][2 * r + 1]);
+      *reinterpret_cast<float2*>(p.dv_part + row + 8 * j) =
+          make_float2(dv[j][2 * r], dv[j][2 * r + 1]);
     }
   }
 }
 
-// 3. dQ of the queries [q0, q0 + 64) of head `blockIdx.y`.
+// dK and dV of each kv head: the sum of its group's partials, 4 dims per thread.
+__global__ void reduce_group_kernel(const float* dk_part,  // [n, H, D] f32
+                                    const float* dv_part,  // [n, H, D] f32
+                                    float* dk,             // [n, Hkv, D] f32
+                                    float* dv,             // [n, Hkv, D] f32
+                                    int64_t rows, int group, int head_dim) {
+  const int64_t quads = rows * head_dim / 4;  // rows = n * Hkv
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < quads;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = i / (head_dim / 4), d = 4 * (i % (head_dim / 4));
+    const int64_t first = row * group * head_dim + d;  // (token, kv head) rows are contiguous
+    float4 sk = make_float4(0, 0, 0, 0), sv = make_float4(0, 0, 0, 0);
+    for (int g = 0; g < group; ++g) {
+      const float4 a = *reinterpret_cast<const float4*>(dk_part + first + g * head_dim);
+      const float4 b = *reinterpret_cast<const float4*>(dv_part + first + g * head_dim);
+      sk = make_float4(sk.x + a.x, sk.y + a.y, sk.z + a.z, sk.w + a.w);
+      sv = make_float4(sv.x + b.x, sv.y + b.y, sv.z + b.z, sv.w + b.w);
+    }
+    *reinterpret_cast<float4*>(dk + 4 * i) = sk;
+    *reinterpret_cast<float4*>(dv + 4 * i) = sv;
+  }
+}
+
+// 3. dQ of the queries [q0, q0 + 64) of head `blockIdx.x`.
 template <int D>
-__global__ void __launch_bounds__(kThreads) dq_kernel(MmaBackwardParams p) {
+__global__ void __launch_bounds__(kThreads, 2) dq_kernel(MmaBackwardParams p) {
   extern __shared__ uint4 shared_raw[];
-  using S = Shared<D>;
-  auto* q_tile = reinterpret_cast<__nv_bfloat16*>(shared_raw);
-  __nv_bfloat16* do_tile = q_tile + S::kOuterTile;
-  __nv_bfloat16* k_tile = do_tile + S::kOuterTile;
-  __nv_bfloat16* v_tile = k_tile + S::kInnerTile;
-  // The longest (latest) query tiles first.
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * kOuter, head = blockIdx.y, kv_head = head / p.group;
-  const int warp_row0 = (threadIdx.x / 32) * 16;
-  load_tile<D>(p.q, q0, kOuter, p.n, p.heads, head, q_tile);
-  load_tile<D>(p.d_out, q0, kOuter, p.n, p.heads, head, do_tile);
+  const BlockTiles<D> t(shared_raw);
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * kOuter, head = blockIdx.x;
+  const int kv_head = head / p.group, warp_row0 = (threadIdx.x / 32) * 16;
+  load_tile_async<D>(p.q, q0, kOuter, p.n, p.heads, head, t.outer_a);
+  load_tile_async<D>(p.d_out, q0, kOuter, p.n, p.heads, head, t.outer_b);
+  load_tile_async<D>(p.k, 0, kInner, p.n, p.kv_heads, kv_head, t.inner_a(0));
+  load_tile_async<D>(p.v, 0, kInner, p.n, p.kv_heads, kv_head, t.inner_b(0));
+  cp_async_commit();
   float lse[2], delta[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -311,15 +385,19 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(MmaBackwardParams p) {
     delta[r] = query < p.n ? p.delta[int64_t(head) * p.n + query] : 0.0f;
   }
   float dq[D / 8][4] = {};
-  const int last_key = min(p.n, q0 + kOuter) - 1;
-  for (int k0 = 0; k0 <= last_key; k0 += kInner) {
-    __syncthreads();
-    load_tile<D>(p.k, k0, kInner, p.n, p.kv_heads, kv_head, k_tile);
-    load_tile<D>(p.v, k0, kInner, p.n, p.kv_heads, kv_head, v_tile);
-    __syncthreads();
+  const int tiles = (min(p.n, q0 + kOuter) + kInner - 1) / kInner;
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int k0 = tile * kInner, stage = tile & 1;
+    if (tile + 1 < tiles) {
+      load_tile_async<D>(p.k, k0 + kInner, kInner, p.n, p.kv_heads, kv_head, t.inner_a(stage ^ 1));
+      load_tile_async<D>(p.v, k0 + kInner, kInner, p.n, p.kv_heads, kv_head, t.inner_b(stage ^ 1));
+      cp_async_commit();
+    }
+    wait_for_tile(tile + 1 < tiles);
+    const __nv_bfloat16* k_tile = t.inner_a(stage);
     float s[kInner / 8][4], dp[kInner / 8][4];
-    rows_times_rows<D>(q_tile, warp_row0, k_tile, s);
-    rows_times_rows<D>(do_tile, warp_row0, v_tile, dp);
+    rows_times_rows<D>(t.outer_a, warp_row0, k_tile, s);
+    rows_times_rows<D>(t.outer_b, warp_row0, t.inner_b(stage), dp);
 #pragma unroll
     for (int j = 0; j < kInner / 8; ++j)
 #pragma unroll
@@ -329,6 +407,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(MmaBackwardParams p) {
         s[j][i] = prob * (dp[j][i] - delta[i >> 1]) * p.scale;  // dS
       }
     acc_times_rows<D>(s, k_tile, dq);  // dQ += dS K
+    __syncthreads();                   // this stage is used up before the next iteration refills it
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -350,13 +429,28 @@ void launch(CudaContext& ctx, const MmaBackwardParams& p) {
                                               "cudaFuncSetAttribute(dkdv_kernel)");
   allow_dynamic_shared_memory<dq_kernel<D>>(kBytes, "attention_backward",
                                             "cudaFuncSetAttribute(dq_kernel)");
-  const unsigned tiles = unsigned((p.n + kOuter - 1) / kOuter);
-  stats_kernel<D><<<dim3(tiles, unsigned(p.heads)), kThreads, kBytes, ctx.stream()>>>(p);
+  // Heads vary fastest, so blocks launch in order of their tile's length, longest first.
+  const dim3 grid(unsigned(p.heads), unsigned((p.n + kOuter - 1) / kOuter));
+  stats_kernel<D><<<grid, kThreads, kBytes, ctx.stream()>>>(p);
   check_launch("attention_backward", "stats_kernel");
-  dkdv_kernel<D><<<dim3(tiles, unsigned(p.kv_heads)), kThreads, kBytes, ctx.stream()>>>(p);
+  dkdv_kernel<D><<<grid, kThreads, kBytes, ctx.stream()>>>(p);
   check_launch("attention_backward", "dkdv_kernel");
-  dq_kernel<D><<<dim3(tiles, unsigned(p.heads)), kThreads, kBytes, ctx.stream()>>>(p);
+  dq_kernel<D><<<grid, kThreads, kBytes, ctx.stream()>>>(p);
   check_launch("attention_backward", "dq_kernel");
+}
+
+// dK and dV from the partials of each query head (GQA), as reduce_group_kernel's launch.
+void reduce_group(CudaContext& ctx, const Tensor& dk_part, const Tensor& dv_part, Tensor& dk,
+                  Tensor& dv, int group) {
+  const int64_t rows = dk.dim(0) * dk.dim(1), head_dim = dk.dim(2);
+  constexpr int kReduceThreads = 256;
+  const int64_t blocks =
+      std::min<int64_t>((rows * head_dim / 4 + kReduceThreads - 1) / kReduceThreads,
+                        int64_t(ctx.multiprocessors()) * 8);
+  reduce_group_kernel<<<unsigned(blocks), kReduceThreads, 0, ctx.stream()>>>(
+      dk_part.data_as<const float>(), dv_part.data_as<const float>(), dk.data_as<float>(),
+      dv.data_as<float>(), rows, group, int(head_dim));
+  check_launch("attention_backward", "reduce_group_kernel");
 }
 
 }  // namespace
@@ -374,27 +468,37 @@ void attention_backward_mma(CudaContext& ctx, const Tensor& q, const Tensor& k, 
           "the tensor-core backward takes head_dim 64 or 128, got " + std::to_string(head_dim));
   if (n == 0) return;
   checked_int(q.numel(), op, "q elements");
+  auto rounded = [&](const Tensor& x) {
+    Tensor out = ctx.empty(DType::BF16, x.shape(), op);
+    convert_activations(ctx, x, out, op);
+    return out;
+  };
+  const Tensor q16 = rounded(q), k16 = rounded(k), v16 = rounded(v), d_out16 = rounded(d_out);
   Tensor lse = ctx.empty(DType::F32, {heads, n}, op);
   Tensor delta = ctx.empty(DType::F32, {heads, n}, op);
-  const MmaBackwardParams p{q.data_as<const float>(),
-                            k.data_as<const float>(),
-                            v.data_as<const float>(),
-                            d_out.data_as<const float>(),
+  const int group = int(heads / kv_heads);
+  Tensor dk_part = group > 1 ? ctx.empty(DType::F32, q.shape(), op) : Tensor();
+  Tensor dv_part = group > 1 ? ctx.empty(DType::F32, q.shape(), op) : Tensor();
+  const MmaBackwardParams p{q16.data_as<const __nv_bfloat16>(),
+                            k16.data_as<const __nv_bfloat16>(),
+                            v16.data_as<const __nv_bfloat16>(),
+                            d_out16.data_as<const __nv_bfloat16>(),
                             dq.data_as<float>(),
-                            dk.data_as<float>(),
-                            dv.data_as<float>(),
+                            (group > 1 ? dk_part : dk).data_as<float>(),
+                            (group > 1 ? dv_part : dv).data_as<float>(),
                             lse.data_as<float>(),
                             delta.data_as<float>(),
                             int(n),
                             int(heads),
                             int(kv_heads),
-                            int(heads / kv_heads),
+                            group,
                             float(1.0 / std::sqrt(double(head_dim)))};
   if (head_dim == 64) {
     launch<64>(ctx, p);
   } else {
     launch<128>(ctx, p);
   }
+  if (group > 1) reduce_group(ctx, dk_part, dv_part, dk, dv, group);
 }
 
 }  // namespace llamaq::cuda

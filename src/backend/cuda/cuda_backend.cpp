@@ -260,24 +260,30 @@ void CudaBackend::swiglu_backward(const Tensor& gate, const Tensor& up, const Te
   cuda::swiglu_backward(ctx_, gate, up, ds, d_gate, d_up);
 }
 
-void CudaBackend::linear_backward_input(const Tensor& dy, const LinearWeight& w, Tensor& dx) {
+void CudaBackend::linear_backward_input(const Tensor& dy, const LinearWeight& w, Tensor& dx,
+                                        bool accumulate) {
   ctx_.activate("linear_backward_input");
   if (w.quantized()) {
     const std::shared_ptr<const nf4::Nf4Weight> device = device_nf4(w.nf4);
-    linear_backward_input_nf4(ctx_, dy, *device, dx);
+    linear_backward_input_nf4(ctx_, dy, *device, dx, accumulate);
   } else {
-    linear_backward_input_dense(ctx_, dy, w.weight, dx);
+    linear_backward_input_dense(ctx_, dy, w.weight, dx, accumulate);
   }
 }
 
-void CudaBackend::matmul_tn(const Tensor& a, const Tensor& b, Tensor& c, bool accumulate) {
+void CudaBackend::matmul_tn(const Tensor& a, const Tensor& b, Tensor& c, const GemmUpdate& u) {
   ctx_.activate("matmul_tn");
-  cuda::matmul_tn(ctx_, a, b, c, accumulate);
+  cuda::matmul_tn(ctx_, a, b, c, u);
 }
 
-void CudaBackend::matmul_nn(const Tensor& a, const Tensor& b, Tensor& c) {
+void CudaBackend::matmul_nn(const Tensor& a, const Tensor& b, Tensor& c, const GemmUpdate& u) {
   ctx_.activate("matmul_nn");
-  cuda::matmul_nn(ctx_, a, b, c);
+  cuda::matmul_nn(ctx_, a, b, c, u);
+}
+
+void CudaBackend::matmul_nt(const Tensor& a, const Tensor& b, Tensor& c, const GemmUpdate& u) {
+  ctx_.activate("matmul_nt");
+  cuda::matmul_nt(ctx_, a, b, c, u);
 }
 
 void CudaBackend::scale(const Tensor& x, float s, Tensor& out) {

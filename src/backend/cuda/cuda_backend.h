@@ -91,9 +91,11 @@ class CudaBackend final : public Backend {
                           const Tensor& d_out, Tensor& dq, Tensor& dk, Tensor& dv) override;
   void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& ds, Tensor& d_gate,
                        Tensor& d_up) override;
-  void linear_backward_input(const Tensor& dy, const LinearWeight& w, Tensor& dx) override;
-  void matmul_tn(const Tensor& a, const Tensor& b, Tensor& c, bool accumulate) override;
-  void matmul_nn(const Tensor& a, const Tensor& b, Tensor& c) override;
+  void linear_backward_input(const Tensor& dy, const LinearWeight& w, Tensor& dx,
+                             bool accumulate) override;
+  void matmul_tn(const Tensor& a, const Tensor& b, Tensor& c, const GemmUpdate& u) override;
+  void matmul_nn(const Tensor& a, const Tensor& b, Tensor& c, const GemmUpdate& u) override;
+  void matmul_nt(const Tensor& a, const Tensor& b, Tensor& c, const GemmUpdate& u) override;
   void scale(const Tensor& x, float s, Tensor& out) override;
   void multiply(const Tensor& x, const Tensor& y, Tensor& out) override;
   void zero(Tensor& x) override;

@@ -16,7 +16,7 @@ namespace {
 void gemm(CudaContext& ctx, const void* x, const Tensor& weight, float* out, int n, int in,
           int out_features) {
   gemm_f32_out(ctx, "linear", CUBLAS_OP_T, CUBLAS_OP_N, out_features, n, in, weight.data(),
-               cuda_data_type(weight.dtype()), in, x, in, 0.0f, out, out_features);
+               cuda_data_type(weight.dtype()), in, x, in, 1.0f, 0.0f, out, out_features);
 }
 
 }  // namespace

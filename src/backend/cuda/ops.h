@@ -127,15 +127,19 @@ void scale(CudaContext& ctx, const Tensor& x, float s, Tensor& out);
 void multiply(CudaContext& ctx, const Tensor& x, const Tensor& y, Tensor& out);
 void dropout_mask(CudaContext& ctx, uint64_t base, uint64_t threshold, float keep_scale,
                   Tensor& mask);
-// backward_linear.cu: dx = dy W through cuBLAS (bf16/f16 W: dy rounded to W's type, fp32
+// backward_linear.cu: dx (+)= dy W through cuBLAS (bf16/f16 W: dy rounded to W's type, fp32
 // accumulation; NF4 W: dequantized one weight at a time into a reused scratch matrix).
 void linear_backward_input_dense(CudaContext& ctx, const Tensor& dy, const Tensor& weight,
-                                 Tensor& dx);
+                                 Tensor& dx, bool accumulate);
 void linear_backward_input_nf4(CudaContext& ctx, const Tensor& dy, const nf4::Nf4Weight& w,
-                               Tensor& dx);
-// f32 GEMMs (no TF32) for the LoRA gradients.
-void matmul_tn(CudaContext& ctx, const Tensor& a, const Tensor& b, Tensor& c, bool accumulate);
-void matmul_nn(CudaContext& ctx, const Tensor& a, const Tensor& b, Tensor& c);
+                               Tensor& dx, bool accumulate);
+// f32 GEMMs (no TF32) for the LoRA branch: c = alpha * product (+ c), as Backend::matmul_*.
+void matmul_tn(CudaContext& ctx, const Tensor& a, const Tensor& b, Tensor& c,
+               const GemmUpdate& update);
+void matmul_nn(CudaContext& ctx, const Tensor& a, const Tensor& b, Tensor& c,
+               const GemmUpdate& update);
+void matmul_nt(CudaContext& ctx, const Tensor& a, const Tensor& b, Tensor& c,
+               const GemmUpdate& update);
 // backward_loss.cu
 void cross_entropy(CudaContext& ctx, Tensor& logits, const Tensor& targets, double normalizer,
                    Tensor& losses);

@@ -56,7 +56,7 @@ double gemm_rate(CudaContext& ctx) {
   Tensor c = ctx.zeros(DType::F32, {kN, kN}, "roofline");
   const double ms = median_ms(ctx, [&] {
     gemm_f32_out(ctx, "roofline", CUBLAS_OP_T, CUBLAS_OP_N, kN, kN, kN, a.data(), CUDA_R_16BF, kN,
-                 b.data(), kN, 0.0f, c.data_as<float>(), kN);
+                 b.data(), kN, 1.0f, 0.0f, c.data_as<float>(), kN);
   });
   return 2.0 * double(kN) * kN * kN / (ms * 1e-3) / 1e12;
 }
