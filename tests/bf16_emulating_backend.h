@@ -8,7 +8,9 @@
 //   than 4 queries): Q, K and V rounded to bf16, fp32 scores, max and sums, the probabilities
 //   rounded to bf16 for P V. The row max is the whole row's here; the kernel's is per 64-key tile
 //   with rescaling, which rounds the same for sequences of up to 64 tokens (the fixtures' 48).
-// Everything else (the attention backward included) is fp32 on both.
+// - the tensor-core attention backward (head dims 64 and 128): Q, K, V and dO rounded to bf16
+//   (the kernel also rounds P and dS for its products; not modelled here).
+// Everything else is fp32 on both.
 #pragma once
 
 #include <cmath>
@@ -38,8 +40,8 @@ inline bool bf16_gemm(const LinearWeight& w) {
 
 struct Bf16Rounding {
   bool gemm_inputs = false;  // base-weight GEMM inputs (x forward, dy backward)
-  bool attention = false;    // the tensor-core flash attention forward's arithmetic
-  bool values = true;        // false: that arithmetic without the rounding (checks the emulation)
+  bool attention = false;  // the tensor-core flash attention forward's arithmetic, backward inputs
+  bool values = true;      // false: that arithmetic without the rounding (checks the emulation)
 };
 
 // The CPU backend with the GPU's bf16 roundings (above) where `rounding` asks for them.
@@ -98,9 +100,17 @@ class Bf16EmulatingBackend : public Backend {
   void rope_backward(Tensor& grad, const Tensor& positions, const Tensor& inv_freq) override {
     inner_->rope_backward(grad, positions, inv_freq);
   }
+  // The tensor-core backward (backward_attention_mma.cu) for head dims 64 and 128: its bf16
+  // inputs (its rounding of P and dS is not modelled).
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                           const Tensor& d_out, Tensor& dq, Tensor& dk, Tensor& dv) override {
-    inner_->attention_backward(q, k, v, out, d_out, dq, dk, dv);
+    const int64_t head_dim = q.dim(2);
+    if (rounding_.attention && rounding_.values && (head_dim == 64 || head_dim == 128)) {
+      inner_->attention_backward(rounded(q), rounded(k), rounded(v), out, rounded(d_out), dq, dk,
+                                 dv);
+    } else {
+      inner_->attention_backward(q, k, v, out, d_out, dq, dk, dv);
+    }
   }
   void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& ds, Tensor& d_gate,
                        Tensor& d_up) override {

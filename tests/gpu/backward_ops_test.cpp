@@ -34,8 +34,9 @@ constexpr double kFp32OpTolerance = 1e-6;
 constexpr double kAttentionTolerance = 2e-5;
 // The tensor-core backward rounds Q, K, V, dO, P and dS to bf16 (2^-9 relative each) and
 // accumulates in fp32; dS = P (dP - delta) subtracts nearly equal terms, which raises the
-// relative error of its small entries. Provisional bound (not yet measured on the GPU): 3e-2.
-constexpr double kBf16AttentionBackwardTolerance = 3e-2;
+// relative error of its small entries. Measured on the H200 (2026-11-29) over these cases: at most
+// 3.5e-3 (dK, dQ) and 2.3e-3 (dV); the bound leaves a factor of about 3.
+constexpr double kBf16AttentionBackwardTolerance = 1e-2;
 constexpr double kFp32GemmTolerance = 1e-5;
 constexpr double kBf16OperandTolerance = 1e-2;
 const int64_t kTokenCounts[] = {1, 7, 97, 300};
