@@ -196,16 +196,23 @@ Tensor multiplied(const Pass& s, const Tensor& x, const Tensor& mask) {
   return out;
 }
 
+// What backward needs of a projection's LoRA branch: t = dropout(x) A^T and the dropout mask.
+void lora_low_rank(Pass& s, int lora, int projection, const Tensor& x, Tensor& low_rank,
+                   Tensor& mask) {
+  const LoraParam& p = s.params[size_t(lora)];
+  low_rank = s.f32({x.dim(0), p.a.dim(0)});
+  if (s.dropout > 0) mask = dropout_mask(s, projection, x.shape());
+  s.b.matmul_nt(s.dropout > 0 ? multiplied(s, x, mask) : x, p.a, low_rank, {});
+}
+
 // y = x W^T + scale (dropout(x) A^T) B^T; keeps dropout(x) A^T and the mask for backward. The
 // scaled LoRA product is added by its GEMM (alpha = scale, beta = 1).
 void projection_forward(Pass& s, const LinearWeight& w, int lora, int projection, const Tensor& x,
                         Tensor& y, Tensor& low_rank, Tensor& mask) {
   s.b.linear(x, w, y);
   if (lora < 0) return;
+  lora_low_rank(s, lora, projection, x, low_rank, mask);
   const LoraParam& p = s.params[size_t(lora)];
-  low_rank = s.f32({x.dim(0), p.a.dim(0)});
-  if (s.dropout > 0) mask = dropout_mask(s, projection, x.shape());
-  s.b.matmul_nt(s.dropout > 0 ? multiplied(s, x, mask) : x, p.a, low_rank, {});
   Tensor y2 = y.reshaped({x.dim(0), p.b.dim(0)});
   s.b.matmul_nt(low_rank, p.b, y2, {p.scale, /*accumulate=*/true});
 }
@@ -244,9 +251,11 @@ void self_attention(Pass& s, const Tensor& q, const Tensor& k, const Tensor& v, 
   s.b.attention(q, s.positions, kv, out);
 }
 
-// One decoder layer forward: y = layer(x), with what backward needs in `c`.
+// One decoder layer forward: *y = layer(x), with what backward needs in `c`. Without y (the
+// recomputation inside backward, which has the layer's output already) the down projection and
+// the residual after it are skipped: backward needs only the down projection's LoRA input.
 void layer_forward(Pass& s, const LayerWeights& w, const std::array<int, kProjCount>& lora,
-                   const Tensor& x, LoraTrainModel::Cache& c, Tensor& y) {
+                   const Tensor& x, LoraTrainModel::Cache& c, Tensor* y) {
   const LlamaConfig& cfg = s.c;
   const int64_t n = x.dim(0);
   const float eps = float(cfg.rms_norm_eps);
@@ -276,8 +285,13 @@ void layer_forward(Pass& s, const LayerWeights& w, const std::array<int, kProjCo
   projection_forward(s, w.up_proj, lora[kUp], kUp, c.m, c.up, c.low_rank[kUp], c.mask[kUp]);
   c.s = s.f32({n, cfg.intermediate_size});
   s.b.swiglu(c.gate, c.up, c.s);
-  projection_forward(s, w.down_proj, lora[kDown], kDown, c.s, y, c.low_rank[kDown], c.mask[kDown]);
-  s.b.add_inplace(y, c.h);
+  if (y == nullptr) {
+    if (lora[kDown] >= 0)
+      lora_low_rank(s, lora[kDown], kDown, c.s, c.low_rank[kDown], c.mask[kDown]);
+    return;
+  }
+  projection_forward(s, w.down_proj, lora[kDown], kDown, c.s, *y, c.low_rank[kDown], c.mask[kDown]);
+  s.b.add_inplace(*y, c.h);
 }
 
 // dx from dy for one layer (recomputed activations in `c`); LoRA gradients accumulate.
@@ -394,11 +408,15 @@ double LoraTrainModel::run(std::span<const int32_t> ids, std::span<const int32_t
   std::vector<Tensor> inputs(layers_.size() + 1);
   inputs[0] = pass.f32({n, config_.hidden_size});
   b.embedding(base_.embed_tokens, token_ids, inputs[0]);
+  // The last layer's activations stay from the forward pass: backward starts with that layer and
+  // need not recompute it.
+  Cache last_layer;
   for (size_t l = 0; l < layers_.size(); ++l) {
     Cache cache;
     pass.layer = int(l);
     inputs[l + 1] = pass.f32({n, config_.hidden_size});
-    layer_forward(pass, *layers_[l].weights, layers_[l].lora, inputs[l], cache, inputs[l + 1]);
+    layer_forward(pass, *layers_[l].weights, layers_[l].lora, inputs[l], cache, &inputs[l + 1]);
+    if (backward && l + 1 == layers_.size()) last_layer = std::move(cache);
   }
   std::vector<int32_t> no_labels;
   if (labels.empty()) no_labels.assign(size_t(n), kIgnoreLabel);
@@ -410,9 +428,11 @@ double LoraTrainModel::run(std::span<const int32_t> ids, std::span<const int32_t
   for (size_t l = layers_.size(); l-- > 0;) {
     Cache cache;
     pass.layer = int(l);
-    Tensor recomputed = pass.f32({n, config_.hidden_size});
-    layer_forward(pass, *layers_[l].weights, layers_[l].lora, inputs[l], cache, recomputed);
-    recomputed = Tensor();
+    if (l + 1 == layers_.size()) {
+      cache = std::move(last_layer);
+    } else {
+      layer_forward(pass, *layers_[l].weights, layers_[l].lora, inputs[l], cache, nullptr);
+    }
     inputs[l + 1] = Tensor();  // no longer needed: frees one [n, d] per layer as backward goes
     dx = layer_backward(pass, *layers_[l].weights, layers_[l].lora, inputs[l], cache, dx);
   }
