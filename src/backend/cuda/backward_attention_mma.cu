@@ -205,6 +205,24 @@ __device__ __forceinline__ void wait_for_tile(bool next_in_flight) {
   __syncthreads();
 }
 
+// Keys and values [k0, k0 + kInner) of kv head `kv_head` into a stage (async; the caller commits).
+template <int D>
+__device__ void load_key_tile(const MmaBackwardParams& p, const BlockTiles<D>& t, int k0,
+                              int kv_head, int stage) {
+  load_tile_async<D>(p.k, k0, kInner, p.n, p.kv_heads, kv_head, t.inner_a(stage));
+  load_tile_async<D>(p.v, k0, kInner, p.n, p.kv_heads, kv_head, t.inner_b(stage));
+}
+
+// A query block's Q and dO tiles and its first key tile, as one committed group (stats, dQ).
+template <int D>
+__device__ void start_query_block(const MmaBackwardParams& p, const BlockTiles<D>& t, int q0,
+                                  int head, int kv_head) {
+  load_tile_async<D>(p.q, q0, kOuter, p.n, p.heads, head, t.outer_a);
+  load_tile_async<D>(p.d_out, q0, kOuter, p.n, p.heads, head, t.outer_b);
+  load_key_tile<D>(p, t, 0, kv_head, 0);
+  cp_async_commit();
+}
+
 // 1. lse and delta of the queries [q0, q0 + 64) of head `blockIdx.x`.
 template <int D>
 __global__ void __launch_bounds__(kThreads, 2) stats_kernel(MmaBackwardParams p) {
@@ -212,18 +230,13 @@ __global__ void __launch_bounds__(kThreads, 2) stats_kernel(MmaBackwardParams p)
   const BlockTiles<D> t(shared_raw);
   const int q0 = (gridDim.y - 1 - blockIdx.y) * kOuter, head = blockIdx.x;
   const int kv_head = head / p.group, warp_row0 = (threadIdx.x / 32) * 16;
-  load_tile_async<D>(p.q, q0, kOuter, p.n, p.heads, head, t.outer_a);
-  load_tile_async<D>(p.d_out, q0, kOuter, p.n, p.heads, head, t.outer_b);
-  load_tile_async<D>(p.k, 0, kInner, p.n, p.kv_heads, kv_head, t.inner_a(0));
-  load_tile_async<D>(p.v, 0, kInner, p.n, p.kv_heads, kv_head, t.inner_b(0));
-  cp_async_commit();
+  start_query_block<D>(p, t, q0, head, kv_head);
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, acc[2] = {0.0f, 0.0f};
   const int tiles = (min(p.n, q0 + kOuter) + kInner - 1) / kInner;
   for (int tile = 0; tile < tiles; ++tile) {
     const int k0 = tile * kInner, stage = tile & 1;
     if (tile + 1 < tiles) {
-      load_tile_async<D>(p.k, k0 + kInner, kInner, p.n, p.kv_heads, kv_head, t.inner_a(stage ^ 1));
-      load_tile_async<D>(p.v, k0 + kInner, kInner, p.n, p.kv_heads, kv_head, t.inner_b(stage ^ 1));
+      load_key_tile<D>(p, t, k0 + kInner, kv_head, stage ^ 1);
       cp_async_commit();
     }
     wait_for_tile(tile + 1 < tiles);
@@ -372,11 +385,7 @@ __global__ void __launch_bounds__(kThreads, 2) dq_kernel(MmaBackwardParams p) {
   const BlockTiles<D> t(shared_raw);
   const int q0 = (gridDim.y - 1 - blockIdx.y) * kOuter, head = blockIdx.x;
   const int kv_head = head / p.group, warp_row0 = (threadIdx.x / 32) * 16;
-  load_tile_async<D>(p.q, q0, kOuter, p.n, p.heads, head, t.outer_a);
-  load_tile_async<D>(p.d_out, q0, kOuter, p.n, p.heads, head, t.outer_b);
-  load_tile_async<D>(p.k, 0, kInner, p.n, p.kv_heads, kv_head, t.inner_a(0));
-  load_tile_async<D>(p.v, 0, kInner, p.n, p.kv_heads, kv_head, t.inner_b(0));
-  cp_async_commit();
+  start_query_block<D>(p, t, q0, head, kv_head);
   float lse[2], delta[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -389,8 +398,7 @@ __global__ void __launch_bounds__(kThreads, 2) dq_kernel(MmaBackwardParams p) {
   for (int tile = 0; tile < tiles; ++tile) {
     const int k0 = tile * kInner, stage = tile & 1;
     if (tile + 1 < tiles) {
-      load_tile_async<D>(p.k, k0 + kInner, kInner, p.n, p.kv_heads, kv_head, t.inner_a(stage ^ 1));
-      load_tile_async<D>(p.v, k0 + kInner, kInner, p.n, p.kv_heads, kv_head, t.inner_b(stage ^ 1));
+      load_key_tile<D>(p, t, k0 + kInner, kv_head, stage ^ 1);
       cp_async_commit();
     }
     wait_for_tile(tile + 1 < tiles);
