@@ -163,6 +163,25 @@ void linear_backward_input(ThreadPool& pool, const Tensor& dy, const LinearWeigh
       64);
 }
 
+namespace {
+
+// One output row of a LoRA product: row = alpha * sum_k coef[k * coef_stride] * b[k] (+ row with
+// update.accumulate), b's rows [count, q] summed in f32 in order; `sum` is [q] scratch.
+void product_row(float* row, const float* coef, int64_t coef_stride, const float* b, int64_t count,
+                 int64_t q, const GemmUpdate& update, std::vector<float>& sum) {
+  std::fill(sum.begin(), sum.end(), 0.0f);
+  for (int64_t k = 0; k < count; ++k) {
+    const float c = coef[k * coef_stride];
+    const float* br = b + k * q;
+    for (int64_t j = 0; j < q; ++j)
+      sum[size_t(j)] += c * br[j];
+  }
+  for (int64_t j = 0; j < q; ++j)
+    row[j] = update.alpha * sum[size_t(j)] + (update.accumulate ? row[j] : 0.0f);
+}
+
+}  // namespace
+
 void matmul_tn(ThreadPool& pool, const Tensor& a, const Tensor& b, Tensor& c,
                const GemmUpdate& update) {
   const int64_t n = a.dim(0), p = a.dim(1), q = b.dim(1);
@@ -171,18 +190,8 @@ void matmul_tn(ThreadPool& pool, const Tensor& a, const Tensor& b, Tensor& c,
   float* cs = c.data_as<float>();
   pool.parallel_for(p, [&](int64_t begin, int64_t end) {
     std::vector<float> sum(static_cast<size_t>(q));
-    for (int64_t i = begin; i < end; ++i) {
-      std::fill(sum.begin(), sum.end(), 0.0f);
-      for (int64_t t = 0; t < n; ++t) {
-        const float coef = as[t * p + i];
-        const float* br = bs + t * q;
-        for (int64_t j = 0; j < q; ++j)
-          sum[size_t(j)] += coef * br[j];
-      }
-      float* row = cs + i * q;
-      for (int64_t j = 0; j < q; ++j)
-        row[j] = update.alpha * sum[size_t(j)] + (update.accumulate ? row[j] : 0.0f);
-    }
+    for (int64_t i = begin; i < end; ++i)
+      product_row(cs + i * q, as + i, p, bs, n, q, update, sum);  // column i of a
   });
 }
 
@@ -194,18 +203,8 @@ void matmul_nn(ThreadPool& pool, const Tensor& a, const Tensor& b, Tensor& c,
   float* cs = c.data_as<float>();
   pool.parallel_for(n, [&](int64_t begin, int64_t end) {
     std::vector<float> sum(static_cast<size_t>(q));
-    for (int64_t t = begin; t < end; ++t) {
-      std::fill(sum.begin(), sum.end(), 0.0f);
-      for (int64_t i = 0; i < p; ++i) {
-        const float coef = as[t * p + i];
-        const float* br = bs + i * q;
-        for (int64_t j = 0; j < q; ++j)
-          sum[size_t(j)] += coef * br[j];
-      }
-      float* row = cs + t * q;
-      for (int64_t j = 0; j < q; ++j)
-        row[j] = update.alpha * sum[size_t(j)] + (update.accumulate ? row[j] : 0.0f);
-    }
+    for (int64_t t = begin; t < end; ++t)
+      product_row(cs + t * q, as + t * p, 1, bs, p, q, update, sum);  // row t of a
   });
 }
 
