@@ -5,6 +5,7 @@
 // more so that every call streams them from memory, as a decode step does.
 #include <benchmark/benchmark.h>
 
+#include <array>
 #include <random>
 
 #include "backend/cpu/fast_linear.h"
@@ -78,6 +79,51 @@ BENCHMARK(BM_Nf4Linear)
 BENCHMARK(BM_Nf4Linear)
     ->ArgsProduct({{1, 128}, {1, 2}})
     ->ArgNames({"tokens", "threads"})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+
+// Llama-3-8B's q, k and v ([4096, 4096], [1024, 4096] x 2) against one token, as three calls or
+// as one group (fast_linear_group), rotating through 8 sets (100 MB).
+void BM_Nf4QkvDecode(benchmark::State& state) {
+  const bool grouped = state.range(0) != 0;
+  ThreadPool pool(2);
+  const KernelTable kernels = kernels_for(best_isa());
+  static const std::vector<std::array<LinearWeight, 3>> sets = [] {
+    ThreadPool quantize_pool(0);
+    const Tensor q = random_f32(4096, 4096, 3), kv = random_f32(1024, 4096, 4);
+    auto prepared = [&](const Tensor& dense) {
+      return prepare_fast_linear(LinearWeight::quantized(
+          std::make_shared<nf4::Nf4Weight>(nf4::quantize(dense, true, quantize_pool))));
+    };
+    std::vector<std::array<LinearWeight, 3>> out;
+    for (int i = 0; i < 8; ++i)
+      out.push_back({prepared(q), prepared(kv), prepared(kv)});
+    return out;
+  }();
+  const Tensor x = random_f32(1, 4096, 5);
+  Tensor yq = Tensor::zeros(DType::F32, {1, 4096}), yk = Tensor::zeros(DType::F32, {1, 1024}),
+         yv = Tensor::zeros(DType::F32, {1, 1024});
+  Tensor* outs[] = {&yq, &yk, &yv};
+  LinearScratch scratch;
+  size_t next = 0;
+  for (auto _ : state) {
+    const std::array<LinearWeight, 3>& w = sets[next];
+    if (grouped) {
+      const LinearWeight* ws[] = {&w[0], &w[1], &w[2]};
+      fast_linear_group(pool, kernels, x, ws, outs, scratch);
+    } else {
+      for (int i = 0; i < 3; ++i)
+        fast_linear(pool, kernels, x, w[size_t(i)], *outs[i], scratch);
+    }
+    next = (next + 1) % sets.size();
+  }
+  const double elements = 6144.0 * 4096.0;
+  state.SetBytesProcessed(int64_t(double(state.iterations()) * (elements / 2 + elements / 32)));
+}
+BENCHMARK(BM_Nf4QkvDecode)
+    ->Arg(0)
+    ->Arg(1)
+    ->ArgName("grouped")
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 

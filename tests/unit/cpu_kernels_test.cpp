@@ -112,6 +112,42 @@ TEST(CpuKernels, Nf4SimdLevelsReproduceThePortableIntegerPath) {
   }
 }
 
+// One group call (q, k and v: x quantized once, all rows in one pool loop) gives every projection
+// exactly what its own call gives: the same kernel on the same int8 activations, row by row.
+// Odd row counts put weight boundaries inside the pool's chunks; 1 and 97 tokens.
+TEST(CpuKernels, Nf4GroupEqualsOneCallPerWeight) {
+  ThreadPool pool(2);
+  std::vector<LinearWeight> weights;
+  for (const int64_t rows : {37, 130, 16}) {
+    weights.push_back(
+        cpu::prepare_fast_linear(LinearWeight::quantized(std::make_shared<nf4::Nf4Weight>(
+            nf4::quantize(random_matrix(rows, 320, uint32_t(rows)), true, pool)))));
+  }
+  const LinearWeight* ws[] = {&weights[0], &weights[1], &weights[2]};
+  ASSERT_TRUE(cpu::fast_linear_group_applies(ws));
+  for (const int64_t tokens : {1, 97}) {
+    const Tensor x = random_matrix(tokens, 320, 7);
+    for (Isa isa : cpu::supported_isas()) {
+      if (isa == Isa::Reference) continue;
+      SCOPED_TRACE(std::string(cpu::isa_name(isa)) + " tokens " + std::to_string(tokens));
+      std::vector<Tensor> grouped;
+      for (const LinearWeight& w : weights)
+        grouped.push_back(Tensor::zeros(DType::F32, {tokens, w.out_features()}));
+      Tensor* outs[] = {&grouped[0], &grouped[1], &grouped[2]};
+      cpu::LinearScratch scratch;
+      cpu::fast_linear_group(pool, cpu::kernels_for(isa), x, ws, outs, scratch);
+      for (size_t i = 0; i < weights.size(); ++i)
+        EXPECT_EQ(values(grouped[i]), values(run_linear(pool, x, weights[i], isa)))
+            << "weight " << i;
+    }
+  }
+  // A weight the group does not take (a different input width) sends the backend to one call each.
+  const LinearWeight narrow = LinearWeight::quantized(
+      std::make_shared<nf4::Nf4Weight>(nf4::quantize(random_matrix(8, 256, 9), true, pool)));
+  const LinearWeight* mixed[] = {&weights[0], &narrow};
+  EXPECT_FALSE(cpu::fast_linear_group_applies(mixed));
+}
+
 TEST(CpuKernels, Nf4Int8PathStaysWithinItsBoundOfTheFp32Reference) {
   ThreadPool pool(2);
   for (const Nf4Case& c : kNf4Cases) {

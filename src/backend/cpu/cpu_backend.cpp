@@ -56,6 +56,14 @@ class CpuBackend final : public Backend {
       cpu::linear(pool_, x, w, out);
     }
   }
+  void linear_group(const Tensor& x, std::span<const LinearWeight* const> ws,
+                    std::span<Tensor* const> outs) override {
+    if (isa_ != cpu::Isa::Reference && cpu::fast_linear_group_applies(ws)) {
+      cpu::fast_linear_group(pool_, kernels_, x, ws, outs, scratch_);
+    } else {
+      Backend::linear_group(x, ws, outs);
+    }
+  }
   void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) override {
     cpu::rope(pool_, x, positions, inv_freq);
   }

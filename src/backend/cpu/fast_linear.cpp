@@ -1,6 +1,7 @@
 #include "backend/cpu/fast_linear.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "backend/cpu/cpu_ops.h"
@@ -248,6 +249,46 @@ void fast_linear(ThreadPool& pool, const KernelTable& kernels, const Tensor& x,
   pool.parallel_for_guided(out_features, kRowBlock, [&job](int64_t begin, int64_t end) {
     job.kernels.bf16(job.w.data_as<const uint16_t>(), job.w.dim(1), begin, end - begin, job.x,
                      job.n_tokens, job.out, job.w.dim(0));
+  });
+}
+
+bool fast_linear_group_applies(std::span<const LinearWeight* const> ws) {
+  for (const LinearWeight* w : ws) {
+    if (!w->nf4 || !fast_linear_applies(*w) || w->in_features() != ws[0]->in_features()) {
+      return false;
+    }
+  }
+  return !ws.empty();
+}
+
+void fast_linear_group(ThreadPool& pool, const KernelTable& kernels, const Tensor& x,
+                       std::span<const LinearWeight* const> ws, std::span<Tensor* const> outs,
+                       LinearScratch& scratch) {
+  if (ws.size() != outs.size())
+    fail("linear_group: {} weights but {} outputs", ws.size(), outs.size());
+  if (!fast_linear_group_applies(ws))
+    fail("cpu fast linear group: these weights need one linear each");
+  for (size_t i = 0; i < ws.size(); ++i)
+    check_linear_shapes(x, *ws[i], *outs[i]);
+  const Q8Activations q =
+      quantize_activations(pool, x.data_as<const float>(), x.dim(0), x.dim(1), scratch);
+  std::vector<std::array<int8_t, nf4::kCodes>> codes(ws.size());
+  std::vector<Nf4Job> jobs;
+  std::vector<int64_t> first_row;  // of each weight in the concatenated rows
+  int64_t rows = 0;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    nf4_int8_codes(*ws[i]->nf4, codes[i].data());
+    jobs.push_back({kernels, *ws[i], *ws[i]->nf4, q, codes[i].data(), outs[i]->data_as<float>()});
+    first_row.push_back(rows);
+    rows += ws[i]->out_features();
+  }
+  // A chunk of the concatenated rows may span weights: each weight gets its part.
+  pool.parallel_for_guided(rows, kRowBlock, [&](int64_t begin, int64_t end) {
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const int64_t lo = std::max(begin, first_row[i]);
+      const int64_t hi = std::min(end, first_row[i] + jobs[i].w.rows);
+      if (lo < hi) nf4_band(jobs[i], lo - first_row[i], hi - first_row[i]);
+    }
   });
 }
 

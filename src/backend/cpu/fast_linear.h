@@ -3,6 +3,7 @@
 // memory-mapped checkpoint or the quantized tensors): nothing is copied or repacked.
 #pragma once
 
+#include <span>
 #include <vector>
 
 #include "backend/cpu/kernels.h"
@@ -39,5 +40,16 @@ void fast_linear(ThreadPool& pool, const KernelTable& kernels, const Tensor& x, 
                  const LinearWeight& w,                                          // [out, in]
                  Tensor& out,                                                    // [n, out] f32
                  LinearScratch& scratch);
+
+// outs[i] = x ws[i]^T for NF4 weights that share their input (q, k and v): x is quantized once
+// and the rows of all the weights run in one pool loop, so that the small projections share one
+// dispatch and one ramp-up instead of one each. Every weight must satisfy fast_linear_applies and
+// be NF4 (group_applies).
+bool fast_linear_group_applies(std::span<const LinearWeight* const> ws);
+void fast_linear_group(ThreadPool& pool, const KernelTable& kernels,
+                       const Tensor& x,                          // [n, in] f32
+                       std::span<const LinearWeight* const> ws,  // each [out_i, in] NF4
+                       std::span<Tensor* const> outs,            // each [n, out_i] f32
+                       LinearScratch& scratch);
 
 }  // namespace llamaq::cpu
