@@ -34,6 +34,14 @@ void add_model_options(CLI::App& command, ModelOptions& options) {
   command.add_flag("--no-graphs", options.no_graphs,
                    "On the GPU, launch each op of a decode step instead of replaying a CUDA graph");
   add_kv_dtype_option(command, options.kv_dtype);
+  add_no_mmap_option(command, options.no_mmap);
+}
+
+void add_no_mmap_option(CLI::App& command, bool& no_mmap) {
+  command.add_flag("--no-mmap", no_mmap,
+                   "Read the weights into memory instead of using them from the mapped checkpoint "
+                   "(slower start, no sharing between processes; faster CPU decode where reading "
+                   "through the mapping is slow)");
 }
 
 void add_kv_dtype_option(CLI::App& command, std::string& kv_dtype) {
@@ -93,6 +101,7 @@ LoadOptions load_options(const ModelOptions& options) {
   load.threads = options.threads;
   load.progress = true;
   load.lora_dir = options.lora_dir;
+  load.no_mmap = options.no_mmap;
   return load;
 }
 

@@ -29,6 +29,7 @@ struct ModelOptions {
   std::string profile_path;         // per-op trace (Chrome trace JSON) written here when set
   std::string attention = "flash";  // GPU attention: flash, or naive (scores materialized)
   std::string kv_dtype;  // KV cache: f32, bf16, f16 or q8 (the last two CPU only); empty: default
+  bool no_mmap = false;  // read the weights into memory instead of using the checkpoint mapping
 };
 
 // --kv-dtype f32|bf16|f16|q8 (the KV cache; f16 and q8 on the CPU only).
@@ -41,6 +42,8 @@ std::unique_ptr<Backend> make_backend(const ModelOptions& options);
 std::unique_ptr<Backend> make_training_backend(const ModelOptions& options);
 
 void add_model_options(CLI::App& command, ModelOptions& options);
+// --no-mmap (ModelOptions::no_mmap).
+void add_no_mmap_option(CLI::App& command, bool& no_mmap);
 LoadOptions load_options(const ModelOptions& options);
 
 // The weights `bench` measures: random ones of a preset's shape made in memory, or a checkpoint's

@@ -294,6 +294,11 @@ void run(BenchOptions o) {
   const Roofline roof = measure_roofline(o.model.device, o.model.threads);
   BenchWeights loaded;
   load_bench_weights(o.preset, o.model.model_dir, o.model.threads, loaded);
+  if (o.model.no_mmap) {
+    const int64_t bytes = copy_weights_into_memory(loaded.weights);
+    log_line(fmt::format("--no-mmap: {:.1f} MiB of weights read into memory",
+                         double(bytes) / (1 << 20)));
+  }
   const LlamaConfig& config = loaded.config;
   const LlamaWeights& weights = loaded.weights;
   std::vector<BenchRow> rows;
@@ -348,6 +353,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--weights", o->weights, "Comma-separated formats: bf16, nf4");
   cmd->add_flag("--quant-lm-head", o->model.quant_lm_head, "With nf4, quantize the LM head too");
   add_kv_dtype_option(*cmd, o->model.kv_dtype);
+  add_no_mmap_option(*cmd, o->model.no_mmap);
   cmd->add_option("--attn", o->attn, "Comma-separated attention kernels: flash, naive (GPU)");
   cmd->add_option("--prompt", o->prompts, "Comma-separated prompt lengths in tokens");
   cmd->add_option("--batch", o->batches, "Comma-separated numbers of sequences decoded together");

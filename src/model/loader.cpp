@@ -98,6 +98,13 @@ LoadedModel load_model(const fs::path& dir, Backend& backend,
   loaded.weight_bytes = checkpoint.total_bytes();
   LlamaWeights weights = bind_llama_weights(loaded.config, checkpoint);
   if (options.quantize_nf4) quantize_weights(weights, options);
+  if (options.no_mmap) {
+    const int64_t bytes = copy_weights_into_memory(weights);
+    if (log) {
+      log(fmt::format("--no-mmap: {:.1f} MiB of weights read into memory",
+                      double(bytes) / (1 << 20)));
+    }
+  }
   if (!options.lora_dir.empty()) {
     attach_lora(weights, load_peft_adapter(options.lora_dir));
     if (log) log(fmt::format("adapter {} attached", options.lora_dir.string()));

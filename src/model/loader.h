@@ -35,6 +35,10 @@ struct LoadOptions {
   int threads = 0;        // for quantizing; 0 = all hardware threads
   bool progress = false;  // progress bar on stderr while quantizing
   std::filesystem::path lora_dir;  // a PEFT LoRA adapter to apply (empty: none)
+  // Read the weights into memory the process owns instead of using them from the checkpoint
+  // mapping: slower start, no sharing between processes, faster CPU decode on machines where
+  // reading through the mapping is slow (docs/perf.md).
+  bool no_mmap = false;
 };
 
 // `log` receives one-line progress messages (may be empty).

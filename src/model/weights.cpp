@@ -1,5 +1,6 @@
 #include "model/weights.h"
 
+#include <cstring>
 #include <set>
 
 #include "core/error.h"
@@ -57,6 +58,52 @@ class Binder {
 };
 
 }  // namespace
+
+namespace {
+
+Tensor owned_copy(const Tensor& t, int64_t& bytes) {
+  if (t.empty()) return t;
+  Tensor copy = Tensor::zeros(t.dtype(), t.shape());
+  std::memcpy(copy.data(), t.data(), size_t(t.nbytes()));
+  bytes += t.nbytes();
+  return copy;
+}
+
+void copy_linear(LinearWeight& w, int64_t& bytes) {
+  w.weight = owned_copy(w.weight, bytes);
+  if (w.nf4) {
+    auto q = std::make_shared<nf4::Nf4Weight>(*w.nf4);
+    q->packed = owned_copy(q->packed, bytes);
+    q->absmax = owned_copy(q->absmax, bytes);
+    q->nested_absmax = owned_copy(q->nested_absmax, bytes);
+    q->nested_map = owned_copy(q->nested_map, bytes);
+    w.nf4 = std::move(q);
+  }
+}
+
+}  // namespace
+
+int64_t copy_weights_into_memory(LlamaWeights& weights) {
+  int64_t bytes = 0;
+  const bool tied =
+      !weights.lm_head.quantized() && weights.lm_head.weight.data() == weights.embed_tokens.data();
+  weights.embed_tokens = owned_copy(weights.embed_tokens, bytes);
+  weights.final_norm = owned_copy(weights.final_norm, bytes);
+  if (tied) {
+    weights.lm_head.weight = weights.embed_tokens;
+  } else {
+    copy_linear(weights.lm_head, bytes);
+  }
+  for (LayerWeights& l : weights.layers) {
+    l.input_norm = owned_copy(l.input_norm, bytes);
+    l.post_attention_norm = owned_copy(l.post_attention_norm, bytes);
+    for (LinearWeight* p :
+         {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj}) {
+      copy_linear(*p, bytes);
+    }
+  }
+  return bytes;
+}
 
 LlamaWeights bind_llama_weights(const LlamaConfig& c, const CheckpointTensors& checkpoint) {
   Binder binder(checkpoint);

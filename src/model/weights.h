@@ -34,4 +34,9 @@ struct LlamaWeights {
 // any tensor the model does not use, is an error naming the tensor and its file.
 LlamaWeights bind_llama_weights(const LlamaConfig& config, const CheckpointTensors& checkpoint);
 
+// Replaces every tensor of `weights` (dense, NF4 and norms; not LoRA adapters) by a copy in memory
+// the process owns, so that nothing points into a checkpoint mapping any more (`--no-mmap`). A
+// tied LM head keeps sharing the embedding's copy. Returns the bytes copied.
+int64_t copy_weights_into_memory(LlamaWeights& weights);
+
 }  // namespace llamaq

@@ -127,6 +127,46 @@ TEST(Checkpoint, Fp16AndFp32CheckpointsGiveTheReferenceLogits) {
   }
 }
 
+// --no-mmap: every weight (bf16, and NF4's packed bytes and scales) is copied out of the mapping
+// with the same bytes, a tied LM head keeps sharing the embedding, and the model gives the same
+// logits bit for bit.
+TEST(Checkpoint, NoMmapCopiesEveryWeightOutOfTheMapping) {
+  for (const std::string fixture : {"tiny-llama31", "tiny-llama31-bnb-nf4-nodq", "tiny-llama3-vocab"}) {
+    SCOPED_TRACE(fixture);
+    const fs::path dir = test::model_dir(fixture);
+    const LlamaConfig config = load_llama_config(dir / "config.json");
+    const CheckpointTensors checkpoint = CheckpointTensors::open(dir);
+    const LlamaWeights mapped = bind_llama_weights(config, checkpoint);
+    LlamaWeights owned = mapped;
+    EXPECT_GT(copy_weights_into_memory(owned), 0);
+    auto expect_copied = [](const Tensor& a, const Tensor& b, const std::string& what) {
+      ASSERT_EQ(a.nbytes(), b.nbytes()) << what;
+      EXPECT_NE(a.data(), b.data()) << what << " still points into the mapping";
+      EXPECT_EQ(std::memcmp(a.data(), b.data(), size_t(a.nbytes())), 0) << what;
+    };
+    expect_copied(owned.embed_tokens, mapped.embed_tokens, "embed_tokens");
+    const LinearWeight& q = owned.layers[0].q_proj;
+    const LinearWeight& q_mapped = mapped.layers[0].q_proj;
+    if (q.nf4) {
+      expect_copied(q.nf4->packed, q_mapped.nf4->packed, "q_proj packed");
+      expect_copied(q.nf4->absmax, q_mapped.nf4->absmax, "q_proj absmax");
+    } else {
+      expect_copied(q.weight, q_mapped.weight, "q_proj");
+    }
+    if (config.tie_word_embeddings) {
+      EXPECT_EQ(owned.lm_head.weight.data(), owned.embed_tokens.data());
+    }
+    auto logits = [&](const LlamaWeights& w) {
+      auto backend = make_cpu_backend(2);
+      LlamaModel model(config, w, *backend);
+      KvCache cache(*backend, config, 5);
+      const std::vector<int32_t> ids = {1, 5, 9, 2, 7};
+      return model.forward_to_host(cache, cache.add_sequence(), ids, LogitsFor::AllTokens);
+    };
+    EXPECT_EQ(logits(owned), logits(mapped));
+  }
+}
+
 TEST(Checkpoint, MissingShardAndBrokenIndexAreReported) {
   test::TempDir dir;
   for (const auto& entry : fs::directory_iterator(test::model_dir("tiny-hd128-sharded"))) {
